@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Prepares a fresh Debian machine for candle-mpi and builds the release binary.
+# Idempotent: installs only the system packages that are missing, then builds.
+# Works as root or as a user with sudo (or with the packages already present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What the build and the runs need:
+#   openmpi-bin, libopenmpi-dev  MPI runtime (mpirun) and headers for rsmpi
+#   libclang-dev, clang          bindgen, which rsmpi uses to read mpi.h
+#   libffi-dev                   rsmpi's user-defined reduction operations
+#   pkg-config                   how rsmpi finds MPI
+#   numactl, hwloc               rank binding (scripts/bind.sh) and topology
+PACKAGES=(openmpi-bin libopenmpi-dev libclang-dev clang libffi-dev pkg-config numactl hwloc)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    SUDO="sudo"
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: system packages present"
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+echo "setup: building the release binary (target/release/candle-mpi)"
+cargo build --release --locked
+echo "setup: done"

@@ -1,0 +1,10 @@
+//! candle-mpi: data-parallel training of CNNs with candle, gradients exchanged in
+//! half precision over MPI (CPU) or NCCL (GPU), and the speed-up study around it.
+//!
+//! See `../shared/design.md` for the layout and data flow; `README.md` for use.
+
+pub mod models;
+pub mod params;
+pub mod report_table;
+pub mod rng;
+pub mod threads;

@@ -1,0 +1,157 @@
+//! The four networks: exact torchvision parameter counts, output shapes at two
+//! input sizes, and one training step that yields finite gradients for every
+//! parameter and lowers the loss.
+
+use candle_core::{DType, Device, Tensor};
+use candle_mpi::models::{summarize, ModelConfig, ModelKind};
+use candle_mpi::params::ParamStore;
+use candle_nn::Optimizer;
+
+fn count(kind: ModelKind, cfg: &ModelConfig) -> usize {
+    let store = ParamStore::new(0);
+    kind.build(cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    store.parameter_count()
+}
+
+#[test]
+fn parameter_counts_match_torchvision() {
+    let cfg = ModelConfig::new(1000, 224);
+    assert_eq!(count(ModelKind::Alexnet, &cfg), 61_100_840);
+    assert_eq!(count(ModelKind::Vgg16, &cfg), 138_357_544);
+    assert_eq!(count(ModelKind::Resnet50, &cfg), 25_557_032);
+    assert_eq!(count(ModelKind::Googlenet, &cfg), 6_624_904);
+    let with_aux = ModelConfig { aux_logits: true, ..cfg };
+    assert_eq!(count(ModelKind::Googlenet, &with_aux), 13_004_888);
+}
+
+#[test]
+fn parameter_names_follow_torchvision() {
+    let store = ParamStore::new(0);
+    let cfg = ModelConfig::new(10, 64);
+    ModelKind::Resnet50.build(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    for name in ["conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer4.2.bn3.bias", "fc.weight"] {
+        assert!(store.get(name).is_some(), "resnet50 lacks {name}");
+    }
+    let store = ParamStore::new(0);
+    ModelKind::Googlenet.build(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    for name in ["conv1.conv.weight", "inception3a.branch1.conv.weight", "inception5b.branch4.1.bn.running_var", "fc.bias"] {
+        assert!(store.get(name).is_some(), "googlenet lacks {name}");
+    }
+    let store = ParamStore::new(0);
+    ModelKind::Alexnet.build(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    let names: Vec<String> = store.all_sorted().into_iter().map(|(n, _)| n).collect();
+    let expected: Vec<String> = ["classifier.1", "classifier.4", "classifier.6", "features.0", "features.10", "features.3", "features.6", "features.8"]
+        .iter()
+        .flat_map(|l| [format!("{l}.bias"), format!("{l}.weight")])
+        .collect();
+    assert_eq!(names, expected);
+}
+
+#[test]
+fn output_shapes_at_two_input_sizes() {
+    let dev = Device::Cpu;
+    for kind in ModelKind::ALL {
+        let sizes = if kind == ModelKind::Small { [8, 32] } else { [32, 67] };
+        for size in sizes {
+            let cfg = ModelConfig::new(7, size);
+            let store = ParamStore::new(1);
+            let net = kind.build(&cfg, store.var_builder(DType::F32, &dev)).unwrap();
+            let x = Tensor::randn(0f32, 1f32, (2, 3, size, size), &dev).unwrap();
+            for train in [false, true] {
+                let y = net.forward_t(&x, train).unwrap();
+                assert_eq!(y.dims(), [2, 7], "{kind} at {size} (train {train})");
+            }
+        }
+    }
+}
+
+#[test]
+fn googlenet_aux_heads_only_in_training() {
+    let dev = Device::Cpu;
+    let cfg = ModelConfig { aux_logits: true, ..ModelConfig::new(5, 32) };
+    let store = ParamStore::new(2);
+    let net = ModelKind::Googlenet.build(&cfg, store.var_builder(DType::F32, &dev)).unwrap();
+    let x = Tensor::randn(0f32, 1f32, (2, 3, 32, 32), &dev).unwrap();
+    let (_, aux) = net.forward_with_aux(&x, true).unwrap();
+    assert_eq!(aux.len(), 2);
+    assert!(aux.iter().all(|a| a.dims() == [2, 5]));
+    let (_, aux) = net.forward_with_aux(&x, false).unwrap();
+    assert!(aux.is_empty());
+}
+
+/// One SGD step on a fixed batch: every parameter gets a finite gradient, and the
+/// loss on the same batch goes down. Dropout is off so only the step changes it.
+fn one_step(kind: ModelKind, size: usize, lr: f64) {
+    let dev = Device::Cpu;
+    let cfg = ModelConfig { dropout: Some(0.0), ..ModelConfig::new(10, size) };
+    let store = ParamStore::new(3);
+    let net = kind.build(&cfg, store.var_builder(DType::F32, &dev)).unwrap();
+    let x = Tensor::randn(0f32, 1f32, (4, 3, size, size), &dev).unwrap();
+    let y = Tensor::new(&[1u32, 7, 3, 9], &dev).unwrap();
+    let params: Vec<_> = store.trainable_sorted().into_iter().map(|(_, v)| v).collect();
+    let mut sgd = candle_nn::SGD::new(params, lr).unwrap();
+
+    let loss = candle_nn::loss::cross_entropy(&net.forward_t(&x, true).unwrap(), &y).unwrap();
+    let before = loss.to_scalar::<f32>().unwrap();
+    let grads = loss.backward().unwrap();
+    let mut norm2 = 0.0f64;
+    for (name, var) in store.trainable_sorted() {
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{kind}: no gradient for {name}"));
+        let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(g.iter().all(|v| v.is_finite()), "{kind}: non-finite gradient in {name}");
+        norm2 += g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+    }
+    assert!(norm2 > 0.0, "{kind}: all gradients are zero");
+    sgd.step(&grads).unwrap();
+    let after = candle_nn::loss::cross_entropy(&net.forward_t(&x, true).unwrap(), &y)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(before.is_finite() && after.is_finite());
+    assert!(after < before, "{kind}: loss {before} -> {after} after one step");
+}
+
+#[test]
+fn alexnet_trains_one_step() {
+    one_step(ModelKind::Alexnet, 32, 0.01);
+}
+
+#[test]
+fn vgg16_trains_one_step() {
+    one_step(ModelKind::Vgg16, 32, 0.01);
+}
+
+#[test]
+fn resnet50_trains_one_step() {
+    one_step(ModelKind::Resnet50, 32, 0.01);
+}
+
+#[test]
+fn googlenet_trains_one_step() {
+    one_step(ModelKind::Googlenet, 32, 0.01);
+}
+
+#[test]
+fn small_cnn_trains_one_step() {
+    one_step(ModelKind::Small, 8, 0.05);
+}
+
+#[test]
+fn macs_are_counted_from_the_layer_shapes() {
+    // Small CNN at 8x8, 3 channels, 10 classes, by hand:
+    // conv1 8*8*16 outputs * 27, conv2 4*4*32 * 144, fc 10 * 128.
+    let s = summarize(ModelKind::Small, &ModelConfig::new(10, 8), 0).unwrap();
+    let expected = 8 * 8 * 16 * 27 + 4 * 4 * 32 * 144 + 10 * 128;
+    assert_eq!((s.gmacs_per_image * 1e9).round() as usize, expected);
+    assert_eq!(s.parameters, 16 * 27 + 32 + 32 * 144 + 64 + 128 * 10 + 10);
+}
+
+#[test]
+fn bad_configurations_name_the_flag() {
+    let store = ParamStore::new(0);
+    let vb = store.var_builder(DType::F32, &Device::Cpu);
+    let err = ModelKind::Vgg16.build(&ModelConfig::new(10, 16), vb.clone()).err().unwrap().to_string();
+    assert!(err.contains("--image-size 16") && err.contains("vgg16") && err.contains("32"), "{err}");
+    let err = ModelKind::Alexnet.build(&ModelConfig::new(0, 224), vb).err().unwrap().to_string();
+    assert!(err.contains("--classes 0"), "{err}");
+}
