@@ -3,6 +3,8 @@
 //!
 //! See `../shared/design.md` for the layout and data flow; `README.md` for use.
 
+pub mod comm;
+pub mod exchange;
 pub mod models;
 pub mod params;
 pub mod report_table;

@@ -1,0 +1,58 @@
+//! Collectives: the `Collective` trait every backend implements, the element
+//! types that travel on the wire, and the MPI world the job starts from.
+//!
+//! The MPI backend (`mpi.rs`) is always built; the NCCL backend comes with the
+//! GPU feature. Everything around the call (bucketing, ordering, scaling,
+//! casting, checking) lives in `crate::exchange`, once for both.
+
+pub mod mpi;
+pub mod wire;
+pub mod world;
+
+use half::{bf16, f16};
+
+pub use self::mpi::MpiCollective;
+pub use self::wire::WireElem;
+pub use self::world::{World, WorldInfo};
+
+/// A buffer to all-reduce, in one of the wire types.
+pub enum WireBuf<'a> {
+    F16(&'a mut [f16]),
+    Bf16(&'a mut [bf16]),
+    F32(&'a mut [f32]),
+}
+
+impl WireBuf<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            WireBuf::F16(b) => b.len(),
+            WireBuf::Bf16(b) => b.len(),
+            WireBuf::F32(b) => b.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What every rank of a data-parallel job calls, in the same order on every rank.
+pub trait Collective {
+    /// Who this process is in the job.
+    fn info(&self) -> &WorldInfo;
+
+    /// Sums `buf` element-wise over all ranks, in place; every rank ends with
+    /// the same bits. Half-precision sums are accumulated in f32 and rounded once.
+    fn all_reduce_sum(&self, buf: WireBuf<'_>) -> anyhow::Result<()>;
+
+    /// Copies `buf` from rank `root` to every rank.
+    fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> anyhow::Result<()>;
+
+    /// Waits until every rank has arrived.
+    fn barrier(&self) -> anyhow::Result<()>;
+
+    /// One value from each rank, in rank order (for metrics and checks).
+    fn all_gather_f64(&self, value: f64) -> anyhow::Result<Vec<f64>>;
+
+    /// One value from each rank, in rank order (for hashes and counts).
+    fn all_gather_u64(&self, value: u64) -> anyhow::Result<Vec<u64>>;
+}

@@ -1,0 +1,122 @@
+//! Element types that travel between ranks, and their conversions to f32.
+
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+use half::{bf16, f16};
+use mpi::datatype::Equivalence;
+
+use super::WireBuf;
+
+/// A type gradients travel in. Conversions work on slices so that half's SIMD
+/// paths (F16C on x86) do the work.
+pub trait WireElem: Copy + Default + Send + Sync + 'static {
+    /// The type MPI moves (MPI has no half-precision type: f16 and bf16 travel as u16).
+    type Raw: Equivalence + Copy + Default;
+    const NAME: &'static str;
+    fn raw(s: &[Self]) -> &[Self::Raw];
+    fn raw_mut(s: &mut [Self]) -> &mut [Self::Raw];
+    fn from_raw_mut(s: &mut [Self::Raw]) -> &mut [Self];
+    fn to_f32(src: &[Self], dst: &mut [f32]);
+    fn from_f32(src: &[f32], dst: &mut [Self]);
+    /// Elements that are infinite or NaN.
+    fn count_nonfinite(s: &[Self]) -> usize;
+    /// The buffer as the collectives take it.
+    fn wire(s: &mut [Self]) -> WireBuf<'_>;
+}
+
+impl WireElem for f16 {
+    fn wire(s: &mut [Self]) -> WireBuf<'_> {
+        WireBuf::F16(s)
+    }
+    type Raw = u16;
+    const NAME: &'static str = "f16";
+    fn raw(s: &[Self]) -> &[u16] {
+        s.reinterpret_cast()
+    }
+    fn raw_mut(s: &mut [Self]) -> &mut [u16] {
+        s.reinterpret_cast_mut()
+    }
+    fn from_raw_mut(s: &mut [u16]) -> &mut [Self] {
+        s.reinterpret_cast_mut()
+    }
+    fn to_f32(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+    fn from_f32(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src)
+    }
+    fn count_nonfinite(s: &[Self]) -> usize {
+        // Exponent all ones: infinity or NaN.
+        Self::raw(s).iter().filter(|&&b| b & 0x7c00 == 0x7c00).count()
+    }
+}
+
+impl WireElem for bf16 {
+    fn wire(s: &mut [Self]) -> WireBuf<'_> {
+        WireBuf::Bf16(s)
+    }
+    type Raw = u16;
+    const NAME: &'static str = "bf16";
+    fn raw(s: &[Self]) -> &[u16] {
+        s.reinterpret_cast()
+    }
+    fn raw_mut(s: &mut [Self]) -> &mut [u16] {
+        s.reinterpret_cast_mut()
+    }
+    fn from_raw_mut(s: &mut [u16]) -> &mut [Self] {
+        s.reinterpret_cast_mut()
+    }
+    fn to_f32(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+    fn from_f32(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src)
+    }
+    fn count_nonfinite(s: &[Self]) -> usize {
+        Self::raw(s).iter().filter(|&&b| b & 0x7f80 == 0x7f80).count()
+    }
+}
+
+impl WireElem for f32 {
+    fn wire(s: &mut [Self]) -> WireBuf<'_> {
+        WireBuf::F32(s)
+    }
+    type Raw = f32;
+    const NAME: &'static str = "f32";
+    fn raw(s: &[Self]) -> &[f32] {
+        s
+    }
+    fn raw_mut(s: &mut [Self]) -> &mut [f32] {
+        s
+    }
+    fn from_raw_mut(s: &mut [f32]) -> &mut [Self] {
+        s
+    }
+    fn to_f32(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src)
+    }
+    fn from_f32(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src)
+    }
+    fn count_nonfinite(s: &[Self]) -> usize {
+        s.iter().filter(|v| !v.is_finite()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonfinite_is_found_in_every_wire_type() {
+        let h = [f16::from_f32(1.0), f16::INFINITY, f16::NAN, f16::MAX, f16::NEG_INFINITY];
+        assert_eq!(f16::count_nonfinite(&h), 3);
+        let b = [bf16::from_f32(1.0), bf16::INFINITY, bf16::MAX, bf16::NAN];
+        assert_eq!(bf16::count_nonfinite(&b), 2);
+        let f = [1.0f32, f32::NAN, f32::MAX];
+        assert_eq!(f32::count_nonfinite(&f), 1);
+        // 70000 does not fit in f16: it becomes infinity and is caught.
+        let mut out = [f16::ZERO; 2];
+        f16::from_f32(&[70000.0, 65504.0], &mut out);
+        assert_eq!(f16::count_nonfinite(&out), 1);
+    }
+}

@@ -1,0 +1,229 @@
+//! The MPI backend and the gradient exchange under `mpirun -np 2` and `-np 3`.
+//! Each `#[test]` starts mpirun on this same test binary, running one of the
+//! `worker_*` functions (ignored in a plain run) on every rank.
+
+mod common;
+
+use std::time::Duration;
+
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+use candle_mpi::comm::{Collective, MpiCollective, WireElem, World};
+use candle_mpi::exchange::{GradDtype, GradExchange};
+use candle_mpi::rng::Rng;
+use half::{bf16, f16};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn launch(np: usize, worker: &str) {
+    let run = common::mpirun_worker(np, worker, TIMEOUT);
+    common::assert_ok(&run, &format!("{worker} on {np} ranks"));
+    // Every rank's test harness must report its one worker test as run and passed.
+    let passed = run.output.matches("test result: ok. 1 passed").count();
+    assert_eq!(passed, np, "{worker}: expected {np} passing ranks:\n{}", run.output);
+}
+
+#[test]
+fn sums_on_2_ranks() {
+    launch(2, "worker_sums");
+}
+
+#[test]
+fn sums_on_3_ranks() {
+    launch(3, "worker_sums");
+}
+
+#[test]
+fn exchange_on_2_ranks() {
+    launch(2, "worker_exchange");
+}
+
+#[test]
+fn exchange_on_3_ranks() {
+    launch(3, "worker_exchange");
+}
+
+#[test]
+fn nonfinite_skips_on_2_ranks() {
+    launch(2, "worker_nonfinite");
+}
+
+#[test]
+fn nonfinite_skips_on_3_ranks() {
+    launch(3, "worker_nonfinite");
+}
+
+/// A small integer in [-4, 4] for rank r at index i: sums over 8 ranks stay exact in f16.
+fn small_int(r: usize, i: usize) -> f32 {
+    ((i * 3 + r * 5 + i / 7) % 9) as f32 - 4.0
+}
+
+fn random_values(r: usize, len: usize) -> Vec<f32> {
+    let mut rng = Rng::keyed(1234, r as u64);
+    (0..len).map(|_| rng.normal() as f32).collect()
+}
+
+/// FNV hash of bytes: every rank must end with the same bits.
+fn hash_bits(bits: impl Iterator<Item = u32>) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in bits {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn check_type<T: WireElem>(comm: &MpiCollective, rel_tol: f64) {
+    let (me, n) = (comm.info().rank, comm.info().size);
+    for len in [0usize, 1, 7, 1_000_003] {
+        // Small integers: exact.
+        let src: Vec<f32> = (0..len).map(|i| small_int(me, i)).collect();
+        let mut buf = vec![T::default(); len];
+        T::from_f32(&src, &mut buf);
+        comm.all_reduce_sum(T::wire(&mut buf)).unwrap();
+        let mut got = vec![0f32; len];
+        T::to_f32(&buf, &mut got);
+        for (i, g) in got.iter().enumerate() {
+            let want: f32 = (0..n).map(|r| small_int(r, i)).sum();
+            assert_eq!(*g, want, "{} len {len}: element {i} is {g}, want {want}", T::NAME);
+        }
+        // Random data: within one rounding of the f64 sum of the values sent.
+        let mut buf = vec![T::default(); len];
+        T::from_f32(&random_values(me, len), &mut buf);
+        comm.all_reduce_sum(T::wire(&mut buf)).unwrap();
+        T::to_f32(&buf, &mut got);
+        let mut want = vec![0f64; len];
+        for r in 0..n {
+            let mut sent = vec![T::default(); len];
+            T::from_f32(&random_values(r, len), &mut sent);
+            let mut back = vec![0f32; len];
+            T::to_f32(&sent, &mut back);
+            for (w, b) in want.iter_mut().zip(&back) {
+                *w += *b as f64;
+            }
+        }
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let err = (*g as f64 - w).abs();
+            assert!(err <= w.abs() * rel_tol + 1e-6, "{} len {len}: element {i} is {g}, f64 sum {w}", T::NAME);
+        }
+        let h = hash_bits(got.iter().map(|v| v.to_bits()));
+        let all = comm.all_gather_u64(h).unwrap();
+        assert!(all.iter().all(|x| *x == h), "{} len {len}: ranks hold different results", T::NAME);
+    }
+}
+
+#[test]
+#[ignore = "runs under mpirun, launched by the tests above"]
+fn worker_sums() {
+    let comm = MpiCollective::new(World::init().unwrap());
+    // One rounding of the result: half an ulp of f16 (2^-11), bf16 (2^-8), f32 (2^-24).
+    check_type::<f16>(&comm, 2f64.powi(-11));
+    check_type::<bf16>(&comm, 2f64.powi(-8));
+    check_type::<f32>(&comm, 2f64.powi(-22));
+    // Broadcast and all-gather.
+    let me = comm.info().rank;
+    let mut v: Vec<f32> = (0..5).map(|i| (i + 10 * me) as f32).collect();
+    comm.broadcast_f32(&mut v, 1).unwrap();
+    assert_eq!(v, vec![10.0, 11.0, 12.0, 13.0, 14.0]);
+    let ranks = comm.all_gather_f64(me as f64).unwrap();
+    assert_eq!(ranks, (0..comm.info().size).map(|r| r as f64).collect::<Vec<_>>());
+    comm.barrier().unwrap();
+}
+
+/// Parameters registered in a rank-dependent order; gradients that differ per rank.
+fn params_for_rank(me: usize) -> Vec<(String, Var)> {
+    let shapes: [(&str, &[usize]); 4] = [("a.weight", &[3]), ("b.weight", &[7]), ("c.bias", &[2, 2]), ("d.weight", &[5])];
+    let mut order: Vec<usize> = (0..shapes.len()).collect();
+    order.rotate_left(me % shapes.len());
+    if me % 2 == 1 {
+        order.reverse();
+    }
+    order
+        .into_iter()
+        .map(|i| {
+            let (name, shape) = shapes[i];
+            (name.to_string(), Var::zeros(shape, DType::F32, &Device::Cpu).unwrap())
+        })
+        .collect()
+}
+
+/// Rank r's gradient of parameter `name` at element i.
+fn grad_value(r: usize, name: &str, i: usize) -> f32 {
+    (name.len() * 7 + i * 3 + r * 11) as f32 * 0.125 - 2.0
+}
+
+fn grads_for(params: &[(String, Var)], me: usize) -> GradStore {
+    let mut grads = GradStore::default();
+    for (name, var) in params {
+        let n = var.elem_count();
+        let values: Vec<f32> = (0..n).map(|i| grad_value(me, name, i)).collect();
+        grads.insert(var.as_tensor(), Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap());
+    }
+    grads
+}
+
+#[test]
+#[ignore = "runs under mpirun, launched by the tests above"]
+fn worker_exchange() {
+    let comm = MpiCollective::new(World::init().unwrap());
+    let (me, n) = (comm.info().rank, comm.info().size);
+    let params = params_for_rank(me);
+    // Buckets of 4 elements: boundaries fall inside a.weight/b.weight and between tensors.
+    for (dtype, tol) in [(GradDtype::F16, 2e-3), (GradDtype::Bf16, 1.6e-2), (GradDtype::F32, 1e-6)] {
+        for bucket_bytes in [4 * dtype.size(), 1 << 20] {
+            let mut ex = GradExchange::new(&params, bucket_bytes, dtype).unwrap();
+            let mut grads = grads_for(&params, me);
+            let report = ex.exchange(&mut grads, &comm).unwrap();
+            assert!(!report.skipped());
+            assert_eq!(report.elements, 3 + 7 + 4 + 5);
+            for (name, var) in &params {
+                let got: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                for (i, g) in got.iter().enumerate() {
+                    let mean = (0..n).map(|r| grad_value(r, name, i) as f64).sum::<f64>() / n as f64;
+                    assert!((*g as f64 - mean).abs() <= mean.abs() * tol + 1e-3 * tol, "{dtype:?} bucket {bucket_bytes} B: {name}[{i}] = {g}, mean {mean}");
+                }
+            }
+        }
+    }
+    // Exchange order is by name whatever the registration order.
+    let ex = GradExchange::new(&params, 1 << 20, GradDtype::F16).unwrap();
+    assert_eq!(ex.names(), ["a.weight", "b.weight", "c.bias", "d.weight"]);
+}
+
+#[test]
+#[ignore = "runs under mpirun, launched by the tests above"]
+fn worker_nonfinite() {
+    let comm = MpiCollective::new(World::init().unwrap());
+    let (me, n) = (comm.info().rank, comm.info().size);
+    let params = params_for_rank(me);
+    let mut ex = GradExchange::new(&params, 4 * 2, GradDtype::F16).unwrap();
+    let mut grads = grads_for(&params, me);
+    if me == n - 1 {
+        // Too large for f16 even after dividing by the world size: becomes infinity.
+        let (_, var) = params.iter().find(|(name, _)| name == "b.weight").unwrap();
+        let mut v = vec![1.0f32; 7];
+        v[3] = 1e9;
+        grads.insert(var.as_tensor(), Tensor::from_vec(v, 7, &Device::Cpu).unwrap());
+    }
+    let before: Vec<Vec<f32>> = params
+        .iter()
+        .map(|(_, v)| grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    let report = ex.exchange(&mut grads, &comm).unwrap();
+    assert!(report.skipped(), "rank {me}: the overflow on rank {} was not seen", n - 1);
+    assert_eq!(report.nonfinite, 1);
+    // Nothing was replaced.
+    for ((_, v), b) in params.iter().zip(&before) {
+        let now: Vec<f32> = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(&now, b);
+    }
+    // A NaN is caught the same way, and a clean step after it goes through.
+    let mut grads = grads_for(&params, me);
+    if me == 0 {
+        let (_, var) = &params[0];
+        let mut v: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        v[0] = f32::NAN;
+        grads.insert(var.as_tensor(), Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap());
+    }
+    assert!(ex.exchange(&mut grads, &comm).unwrap().skipped());
+    let mut grads = grads_for(&params, me);
+    assert!(!ex.exchange(&mut grads, &comm).unwrap().skipped());
+}

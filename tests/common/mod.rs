@@ -1,0 +1,74 @@
+//! Launching test workers under mpirun, with a deadline so that a hang fails
+//! the test instead of stalling the suite.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Run {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub output: String,
+    pub elapsed: Duration,
+}
+
+/// `mpirun -np N --oversubscribe PROGRAM ARGS...`, killed after `timeout`.
+pub fn mpirun(np: usize, program: &str, args: &[&str], timeout: Duration) -> Run {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["-np", &np.to_string(), "--oversubscribe"])
+        .arg(program)
+        .args(args)
+        // Open MPI refuses root without these (CI runs as root); harmless otherwise.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    run_with_deadline(cmd, timeout)
+}
+
+/// The current test binary's worker test `name`, under mpirun.
+pub fn mpirun_worker(np: usize, name: &str, timeout: Duration) -> Run {
+    let exe = std::env::current_exe().expect("test binary path");
+    mpirun(np, exe.to_str().unwrap(), &["--exact", name, "--ignored", "--nocapture", "--test-threads=1"], timeout)
+}
+
+pub fn run_with_deadline(mut cmd: Command, timeout: Duration) -> Run {
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("spawn (is Open MPI installed? run scripts/setup.sh)");
+    // Drain both pipes in threads so a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = format!("{}{}", t_out.join().unwrap(), t_err.join().unwrap());
+    match status {
+        Some(s) => Run { success: s.success(), code: s.code(), output, elapsed: start.elapsed() },
+        None => Run { success: false, code: None, output: format!("TIMED OUT after {timeout:?}\n{output}"), elapsed: start.elapsed() },
+    }
+}
+
+/// Asserts a run succeeded, printing its output if not.
+pub fn assert_ok(run: &Run, what: &str) {
+    assert!(run.success, "{what} failed (exit {:?}):\n{}", run.code, run.output);
+}
