@@ -3,9 +3,11 @@
 //!
 //! See `../shared/design.md` for the layout and data flow; `README.md` for use.
 
+pub mod allreduce;
 pub mod comm;
 pub mod exchange;
 pub mod models;
+pub mod output;
 pub mod params;
 pub mod report_table;
 pub mod rng;

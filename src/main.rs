@@ -4,8 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use candle_mpi::allreduce::{self, AllreduceConfig};
+use candle_mpi::comm::{Collective, MpiCollective, World};
+use candle_mpi::exchange::GradDtype;
 use candle_mpi::models::{summarize, ModelConfig, ModelKind, ModelSummary};
-use candle_mpi::{report_table, threads};
+use candle_mpi::{output, report_table, threads};
 
 /// Data-parallel CNN training with candle, and the speed-up study around it.
 ///
@@ -19,6 +22,8 @@ use candle_mpi::{report_table, threads};
 /// Examples:
 ///   candle-mpi models                       the networks, their sizes and costs
 ///   candle-mpi models --image-size 64 --json
+///   mpirun -np 2 candle-mpi allreduce --baseline --check
+///                                           fp16 all-reduce bandwidth vs MPI f32
 #[derive(Parser)]
 #[command(name = "candle-mpi", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -47,6 +52,68 @@ enum Command {
     /// statistics, as torchvision's counts do.
     #[command(verbatim_doc_comment)]
     Models(ModelsArgs),
+    /// Benchmark the gradient all-reduce, in the shape of nccl-tests' all_reduce_perf.
+    ///
+    /// Run under mpirun, one process per worker:
+    ///   mpirun -np 2 candle-mpi allreduce --min-bytes 2M --max-bytes 128M --baseline --check
+    ///
+    /// For each size (bytes of the buffer in --dtype) it prints the mean time of
+    /// one all-reduce on the slowest rank, the algorithm bandwidth algbw = bytes /
+    /// time, and the bus bandwidth busbw = algbw * 2(n-1)/n (what each link
+    /// carries in a ring; comparable across rank counts), then the average busbw.
+    /// Half-precision sums are accumulated in f32 and rounded once.
+    ///
+    /// --check fills each rank's buffer with small integers whose sum is exact in
+    /// every type and counts the elements off the expected sum (#wrong).
+    /// --baseline times, in the same run and for the same element count: the full
+    /// exchange (f32 gradients -> scaled f16 -> all-reduce -> f32), plain
+    /// MPI_Allreduce of f32 sums, and a local memcpy of the same bytes; exch/f32
+    /// is the ratio of the first two.
+    #[command(verbatim_doc_comment)]
+    Allreduce(AllreduceArgs),
+}
+
+/// Which library carries the collectives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// MPI on host memory (CPU clusters); always built
+    Mpi,
+    /// NCCL on GPU memory; needs a build with --features cuda
+    Nccl,
+}
+
+#[derive(Args)]
+struct AllreduceArgs {
+    /// Smallest buffer, in bytes (K, M, G suffixes: powers of 2)
+    #[arg(long, default_value = "1K", value_parser = allreduce::parse_size, value_name = "BYTES")]
+    min_bytes: usize,
+    /// Largest buffer, in bytes
+    #[arg(long, default_value = "64M", value_parser = allreduce::parse_size, value_name = "BYTES")]
+    max_bytes: usize,
+    /// Each size is the previous one times this
+    #[arg(long, default_value_t = 2)]
+    factor: usize,
+    /// Element type on the wire
+    #[arg(long, value_enum, default_value_t = GradDtype::F16)]
+    dtype: GradDtype,
+    /// Timed iterations per size
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Untimed iterations before timing
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Collective library
+    #[arg(long, value_enum, default_value_t = Backend::Mpi)]
+    backend: Backend,
+    /// Verify the sums and report elements that are off (#wrong)
+    #[arg(long)]
+    check: bool,
+    /// Also time the full f16 exchange, MPI_Allreduce of f32, and memcpy, in the same run
+    #[arg(long)]
+    baseline: bool,
+    /// Write the rows as JSON to this file (refuses to overwrite)
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -88,10 +155,66 @@ fn run_models(args: &ModelsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_allreduce(args: &AllreduceArgs) -> anyhow::Result<()> {
+    if args.backend == Backend::Nccl {
+        anyhow::bail!(
+            "--backend nccl: {}; use --backend mpi",
+            if cfg!(feature = "cuda") {
+                "the NCCL backend arrives with the GPU path and is not in this build yet"
+            } else {
+                "this build has no GPU support (rebuild with `cargo build --release --features cuda`)"
+            }
+        );
+    }
+    let cfg = AllreduceConfig {
+        min_bytes: args.min_bytes,
+        max_bytes: args.max_bytes,
+        factor: args.factor,
+        dtype: args.dtype,
+        iters: args.iters,
+        warmup: args.warmup,
+        check: args.check,
+        baseline: args.baseline,
+    };
+    cfg.validate()?;
+    if let Some(path) = &args.json {
+        output::check_new_file(path, "--json")?;
+    }
+    let comm = MpiCollective::new(World::init()?);
+    let info = comm.info().clone();
+    let lead = info.rank == 0;
+    if lead {
+        println!(
+            "# candle-mpi allreduce: backend mpi, {} rank(s), {} on rank 0's host {} ({} cores); dtype {}; warmup {}, iters {}",
+            info.size, info.local_size, info.host, threads::host_cores(), cfg.dtype.name(), cfg.warmup, cfg.iters
+        );
+        if info.local_size > threads::host_cores() {
+            println!("# oversubscribed: {} ranks share {} core(s) on this host; times include waiting for a core", info.local_size, threads::host_cores());
+        }
+        println!("# time: mean per call on the slowest rank; busbw = algbw * 2(n-1)/n");
+        println!("{}", allreduce::header(cfg.baseline));
+    }
+    let rows = allreduce::run(&comm, &cfg, |row| {
+        if lead {
+            println!("{}", allreduce::format_row(row));
+        }
+    })?;
+    if lead {
+        println!("# Out of bounds values : {}", rows.iter().filter_map(|r| r.wrong).sum::<usize>());
+        println!("# Avg bus bandwidth    : {:.3} GB/s", allreduce::average_busbw(&rows));
+        if let Some(path) = &args.json {
+            output::write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+            println!("# rows written to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = threads::configure(cli.global.threads).and_then(|_| match &cli.command {
         Command::Models(args) => run_models(args),
+        Command::Allreduce(args) => run_allreduce(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,14 +18,50 @@ pub fn local_processes() -> usize {
         .unwrap_or(1)
 }
 
-/// Cores this process may run on (its affinity mask, cgroup quota).
+/// Cores this process may run on (its affinity mask, cgroup quota). Under
+/// mpirun, which binds each rank to a core by default, this is often 1.
 pub fn available_cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// The default thread count: cores shared evenly by the processes on this host.
+/// Cores online on this host, whatever this process is bound to (from
+/// /sys/devices/system/cpu/online, e.g. "0-1" or "0,2-5").
+pub fn host_cores() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| parse_cpu_list(s.trim()))
+        .unwrap_or_else(available_cores)
+}
+
+fn parse_cpu_list(s: &str) -> Option<usize> {
+    let mut n = 0;
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => n += b.parse::<usize>().ok()?.checked_sub(a.parse::<usize>().ok()?)? + 1,
+            None => {
+                part.parse::<usize>().ok()?;
+                n += 1;
+            }
+        }
+    }
+    (n > 0).then_some(n)
+}
+
+/// The default thread count: the host's cores shared evenly by the processes
+/// of the job on it, and no more than this process is allowed to use.
 pub fn default_threads() -> usize {
-    (available_cores() / local_processes()).max(1)
+    (host_cores() / local_processes()).min(available_cores()).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(super::parse_cpu_list("0-1"), Some(2));
+        assert_eq!(super::parse_cpu_list("0,2-5,7"), Some(6));
+        assert_eq!(super::parse_cpu_list("0"), Some(1));
+        assert_eq!(super::parse_cpu_list("x"), None);
+    }
 }
 
 static CONFIGURED: OnceLock<usize> = OnceLock::new();

@@ -17,9 +17,6 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 fn launch(np: usize, worker: &str) {
     let run = common::mpirun_worker(np, worker, TIMEOUT);
     common::assert_ok(&run, &format!("{worker} on {np} ranks"));
-    // Every rank's test harness must report its one worker test as run and passed.
-    let passed = run.output.matches("test result: ok. 1 passed").count();
-    assert_eq!(passed, np, "{worker}: expected {np} passing ranks:\n{}", run.output);
 }
 
 #[test]
@@ -126,6 +123,7 @@ fn worker_sums() {
     let ranks = comm.all_gather_f64(me as f64).unwrap();
     assert_eq!(ranks, (0..comm.info().size).map(|r| r as f64).collect::<Vec<_>>());
     comm.barrier().unwrap();
+    common::mark_done(me);
 }
 
 /// Parameters registered in a rank-dependent order; gradients that differ per rank.
@@ -186,6 +184,7 @@ fn worker_exchange() {
     // Exchange order is by name whatever the registration order.
     let ex = GradExchange::new(&params, 1 << 20, GradDtype::F16).unwrap();
     assert_eq!(ex.names(), ["a.weight", "b.weight", "c.bias", "d.weight"]);
+    common::mark_done(me);
 }
 
 #[test]
@@ -226,4 +225,5 @@ fn worker_nonfinite() {
     assert!(ex.exchange(&mut grads, &comm).unwrap().skipped());
     let mut grads = grads_for(&params, me);
     assert!(!ex.exchange(&mut grads, &comm).unwrap().skipped());
+    common::mark_done(me);
 }

@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(f32::count_nonfinite(&f), 1);
         // 70000 does not fit in f16: it becomes infinity and is caught.
         let mut out = [f16::ZERO; 2];
-        f16::from_f32(&[70000.0, 65504.0], &mut out);
+        <f16 as WireElem>::from_f32(&[70000.0, 65504.0], &mut out);
         assert_eq!(f16::count_nonfinite(&out), 1);
     }
 }

@@ -28,10 +28,32 @@ pub fn mpirun(np: usize, program: &str, args: &[&str], timeout: Duration) -> Run
     run_with_deadline(cmd, timeout)
 }
 
-/// The current test binary's worker test `name`, under mpirun.
+/// Where worker ranks leave their "finished" marks (set by `mpirun_worker`).
+const MARKS_ENV: &str = "CANDLE_MPI_TEST_MARKS";
+
+/// Runs the current test binary's worker test `name` on `np` ranks and checks
+/// that every rank reached its end (called `mark_done`): a filtered-out or
+/// misspelt worker cannot pass by running nothing.
 pub fn mpirun_worker(np: usize, name: &str, timeout: Duration) -> Run {
     let exe = std::env::current_exe().expect("test binary path");
-    mpirun(np, exe.to_str().unwrap(), &["--exact", name, "--ignored", "--nocapture", "--test-threads=1"], timeout)
+    let marks = std::env::temp_dir().join(format!("candle-mpi-marks-{name}-{np}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&marks);
+    std::fs::create_dir_all(&marks).unwrap();
+    std::env::set_var(MARKS_ENV, &marks);
+    let mut run = mpirun(np, exe.to_str().unwrap(), &["--exact", name, "--ignored", "--nocapture", "--test-threads=1"], timeout);
+    let done = std::fs::read_dir(&marks).map(|d| d.count()).unwrap_or(0);
+    if run.success && done != np {
+        run.success = false;
+        run.output.push_str(&format!("\n{done} of {np} ranks reached the end of {name}"));
+    }
+    let _ = std::fs::remove_dir_all(&marks);
+    run
+}
+
+/// Called by a worker as its last step.
+pub fn mark_done(rank: usize) {
+    let dir = std::env::var(MARKS_ENV).expect("worker started outside mpirun_worker");
+    std::fs::write(std::path::Path::new(&dir).join(format!("rank-{rank}")), b"done").unwrap();
 }
 
 pub fn run_with_deadline(mut cmd: Command, timeout: Duration) -> Run {
@@ -71,4 +93,9 @@ pub fn run_with_deadline(mut cmd: Command, timeout: Duration) -> Run {
 /// Asserts a run succeeded, printing its output if not.
 pub fn assert_ok(run: &Run, what: &str) {
     assert!(run.success, "{what} failed (exit {:?}):\n{}", run.code, run.output);
+}
+
+/// Cores online on this host.
+pub fn host_cores() -> usize {
+    candle_mpi::threads::host_cores()
 }

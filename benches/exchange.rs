@@ -1,0 +1,29 @@
+//! Pack (f32 gradients -> scaled f16/bf16) and unpack (back to f32) of one
+//! default 25 MB bucket, next to a plain memcpy of the same f32 bytes measured
+//! in the same run: the copy is the ceiling a conversion pass can reach.
+
+use candle_mpi::exchange::{pack_scaled, unpack};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use half::{bf16, f16};
+
+fn bucket(c: &mut Criterion) {
+    // A 25 MB f16 bucket holds 13,107,200 gradients.
+    let n = 25 * 1024 * 1024 / 2;
+    let src: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 1e-3 - 0.5).collect();
+    let mut f32_dst = vec![0f32; n];
+    let mut h = vec![f16::ZERO; n];
+    let mut b = vec![bf16::ZERO; n];
+    let mut g = c.benchmark_group("bucket_13M_elements");
+    // Throughput counts the f32 side (what the gradients occupy), for every row.
+    g.throughput(Throughput::Bytes((n * 4) as u64));
+    g.sample_size(20);
+    g.bench_function("memcpy_f32", |bench| bench.iter(|| f32_dst.copy_from_slice(std::hint::black_box(&src))));
+    g.bench_function("pack_f16_scaled", |bench| bench.iter(|| pack_scaled(std::hint::black_box(&src), 0.5, &mut h)));
+    g.bench_function("unpack_f16", |bench| bench.iter(|| unpack(std::hint::black_box(&h), &mut f32_dst)));
+    g.bench_function("pack_bf16_scaled", |bench| bench.iter(|| pack_scaled(std::hint::black_box(&src), 0.5, &mut b)));
+    g.bench_function("unpack_bf16", |bench| bench.iter(|| unpack(std::hint::black_box(&b), &mut f32_dst)));
+    g.finish();
+}
+
+criterion_group!(benches, bucket);
+criterion_main!(benches);
