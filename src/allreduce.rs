@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::comm::{Collective, MpiCollective, WireElem};
-use crate::exchange::{pack_scaled, unpack, GradDtype};
+use crate::comm::{Collective, MpiCollective, Transport};
+use crate::exchange::{GradDtype, WireBucket};
 
 /// What the benchmark is asked to do.
 #[derive(Clone, Debug)]
@@ -25,6 +25,7 @@ pub struct AllreduceConfig {
     pub warmup: usize,
     pub check: bool,
     pub baseline: bool,
+    pub transport: Transport,
 }
 
 impl AllreduceConfig {
@@ -63,6 +64,8 @@ pub struct AllreduceRow {
     pub count: usize,
     pub dtype: &'static str,
     pub ranks: usize,
+    /// "shared-memory" or "messages": how this row's buffers were reduced.
+    pub transport: &'static str,
     pub time_us: f64,
     pub algbw_gbs: f64,
     pub busbw_gbs: f64,
@@ -95,21 +98,21 @@ fn pattern(rank: usize, i: usize) -> f32 {
     ((i * 3 + rank * 5 + i / 7) % 9) as f32 - 4.0
 }
 
-fn run_size<T: WireElem>(comm: &MpiCollective, cfg: &AllreduceConfig, bytes: usize) -> anyhow::Result<AllreduceRow> {
+fn run_size(comm: &MpiCollective, cfg: &AllreduceConfig, bytes: usize) -> anyhow::Result<AllreduceRow> {
     let n = comm.info().size;
     let me = comm.info().rank;
-    let count = bytes / std::mem::size_of::<T>();
-    let mut buf = vec![T::default(); count];
+    let count = bytes / cfg.dtype.size();
+    let mut bucket = WireBucket::allocate(comm, cfg.dtype, &[count], cfg.transport)?.remove(0);
     let src: Vec<f32> = (0..count).map(|i| pattern(me, i)).collect();
-    T::from_f32(&src, &mut buf);
+    bucket.pack(0, &src, 1.0);
 
-    let time = time_slowest(comm, cfg.warmup, cfg.iters, || comm.all_reduce_sum(T::wire(&mut buf)))?;
+    let time = time_slowest(comm, cfg.warmup, cfg.iters, || bucket.all_reduce(comm))?;
 
     let wrong = if cfg.check {
-        T::from_f32(&src, &mut buf);
-        comm.all_reduce_sum(T::wire(&mut buf))?;
+        bucket.pack(0, &src, 1.0);
+        bucket.all_reduce(comm)?;
         let mut got = vec![0f32; count];
-        T::to_f32(&buf, &mut got);
+        bucket.unpack(0, &mut got);
         let mine = got.iter().enumerate().filter(|(i, g)| **g != (0..n).map(|r| pattern(r, *i)).sum::<f32>()).count();
         Some(comm.all_gather_u64(mine as u64)?.iter().sum::<u64>() as usize)
     } else {
@@ -118,12 +121,13 @@ fn run_size<T: WireElem>(comm: &MpiCollective, cfg: &AllreduceConfig, bytes: usi
 
     let (mut exchange_us, mut mpi_f32_us, mut memcpy_us) = (None, None, None);
     if cfg.baseline {
+        // The exchange as the trainer runs it: pack scaled f32, reduce, unpack to f32.
         let scale = 1.0 / n as f32;
         let mut grads = src.clone();
         let t = time_slowest(comm, cfg.warmup, cfg.iters, || {
-            pack_scaled(&grads, scale, &mut buf);
-            comm.all_reduce_sum(T::wire(&mut buf))?;
-            unpack(&buf, &mut grads);
+            bucket.pack(0, &grads, scale);
+            bucket.all_reduce(comm)?;
+            bucket.unpack(0, &mut grads);
             Ok(())
         })?;
         exchange_us = Some(t * 1e6);
@@ -147,8 +151,9 @@ fn run_size<T: WireElem>(comm: &MpiCollective, cfg: &AllreduceConfig, bytes: usi
     Ok(AllreduceRow {
         bytes,
         count,
-        dtype: T::NAME,
+        dtype: cfg.dtype.name(),
         ranks: n,
+        transport: if bucket.is_shared() { "shared-memory" } else { "messages" },
         time_us: time * 1e6,
         algbw_gbs: algbw,
         busbw_gbs: algbw * 2.0 * (n as f64 - 1.0) / n as f64,
@@ -167,11 +172,7 @@ pub fn run(comm: &MpiCollective, cfg: &AllreduceConfig, mut on_row: impl FnMut(&
         if bytes < cfg.dtype.size() {
             continue;
         }
-        let row = match cfg.dtype {
-            GradDtype::F16 => run_size::<half::f16>(comm, cfg, bytes)?,
-            GradDtype::Bf16 => run_size::<half::bf16>(comm, cfg, bytes)?,
-            GradDtype::F32 => run_size::<f32>(comm, cfg, bytes)?,
-        };
+        let row = run_size(comm, cfg, bytes)?;
         on_row(&row);
         rows.push(row);
     }
@@ -239,7 +240,7 @@ mod tests {
 
     #[test]
     fn sweep_sizes_go_by_factor() {
-        let cfg = AllreduceConfig { min_bytes: 1024, max_bytes: 8192, factor: 2, dtype: GradDtype::F16, iters: 1, warmup: 0, check: false, baseline: false };
+        let cfg = AllreduceConfig { min_bytes: 1024, max_bytes: 8192, factor: 2, dtype: GradDtype::F16, iters: 1, warmup: 0, check: false, baseline: false, transport: Transport::Auto };
         assert_eq!(cfg.sizes(), vec![1024, 2048, 4096, 8192]);
         let bad = AllreduceConfig { factor: 1, ..cfg.clone() };
         assert!(bad.validate().unwrap_err().to_string().contains("--factor 1"));

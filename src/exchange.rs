@@ -5,21 +5,25 @@
 //! of `--bucket-mb`; a bucket boundary may fall inside a tensor. Each step:
 //!
 //!   f32 gradients -> x 1/N -> wire type (f16 by default) -> all-reduce sum
-//!   -> non-finite check -> f32 mean gradients
+//!   -> f32 mean gradients, counting non-finite values on the way
 //!
 //! Dividing before the cast keeps the sum of N ranks inside f16's range when
 //! each rank's gradient is. The all-reduce leaves the same bits on every rank,
 //! so every rank takes the same decision on a non-finite value without another
 //! collective: the step is skipped everywhere and reported.
-//! Buckets are allocated once and reused.
+//! Buckets are allocated once and reused. Where every rank shares one host they
+//! live in a shared-memory window (`comm::shm`) and gradients are packed
+//! straight into it; otherwise in local memory, reduced with MPI messages.
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use candle_core::{backprop::GradStore, DType, Device, Storage, Tensor, Var};
 use half::{bf16, f16};
 use serde::Serialize;
 
-use crate::comm::{Collective, WireBuf, WireElem};
+use crate::comm::shm::unpack_counting;
+use crate::comm::{Collective, SharedWindow, Transport, WireBuf, WireElem};
 
 /// The type gradients travel in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -104,47 +108,137 @@ pub fn plan_buckets(sizes: &[usize], bucket_elems: usize) -> Vec<Vec<Piece>> {
     buckets
 }
 
-enum BucketBuf {
+/// Local wire memory, in the bucket's type.
+enum LocalBuf {
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
     F32(Vec<f32>),
 }
 
-impl BucketBuf {
-    fn new(dtype: GradDtype, len: usize) -> Self {
-        match dtype {
-            GradDtype::F16 => BucketBuf::F16(vec![f16::ZERO; len]),
-            GradDtype::Bf16 => BucketBuf::Bf16(vec![bf16::ZERO; len]),
-            GradDtype::F32 => BucketBuf::F32(vec![0.0; len]),
+/// Where a bucket's wire elements live.
+enum Place {
+    Local(LocalBuf),
+    /// Packed inputs at byte `offset` of this rank's slot in a shared window,
+    /// this rank's segment of the sum at byte `result`.
+    Shared { window: Rc<SharedWindow>, offset: usize, result: usize },
+}
+
+/// One reusable buffer of gradients on the wire: pack f32 values in, reduce
+/// over all ranks, unpack f32 values out.
+pub struct WireBucket {
+    dtype: GradDtype,
+    len: usize,
+    place: Place,
+}
+
+/// Runs `$body` with `$T` bound to the Rust type of `$dtype`.
+macro_rules! with_wire_type {
+    ($dtype:expr, $T:ident, $body:block) => {
+        match $dtype {
+            GradDtype::F16 => {
+                type $T = f16;
+                $body
+            }
+            GradDtype::Bf16 => {
+                type $T = bf16;
+                $body
+            }
+            GradDtype::F32 => {
+                type $T = f32;
+                $body
+            }
+        }
+    };
+}
+
+impl WireBucket {
+    /// A bucket in this process's memory (reduced with messages).
+    pub fn local(dtype: GradDtype, len: usize) -> Self {
+        let buf = match dtype {
+            GradDtype::F16 => LocalBuf::F16(vec![f16::ZERO; len]),
+            GradDtype::Bf16 => LocalBuf::Bf16(vec![bf16::ZERO; len]),
+            GradDtype::F32 => LocalBuf::F32(vec![0.0; len]),
+        };
+        Self { dtype, len, place: Place::Local(buf) }
+    }
+
+    /// Collective: buckets of these lengths, in one shared window when the
+    /// transport allows and the backend has one, else in local memory.
+    pub fn allocate(comm: &dyn Collective, dtype: GradDtype, lens: &[usize], transport: Transport) -> anyhow::Result<Vec<WireBucket>> {
+        let ranks = comm.info().size;
+        let inputs: usize = lens.iter().map(|l| l * dtype.size()).sum();
+        let results: usize = lens.iter().map(|&l| l.div_ceil(ranks) * dtype.size()).sum();
+        let window = match transport {
+            Transport::Auto => comm.shared_window(inputs + results)?,
+            Transport::Messages => None,
+        };
+        let (mut offset, mut result) = (0, inputs);
+        Ok(lens
+            .iter()
+            .map(|&len| match &window {
+                Some(w) => {
+                    let b = WireBucket { dtype, len, place: Place::Shared { window: w.clone(), offset, result } };
+                    offset += len * dtype.size();
+                    result += len.div_ceil(ranks) * dtype.size();
+                    b
+                }
+                None => WireBucket::local(dtype, len),
+            })
+            .collect())
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when the bucket lives in shared memory.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.place, Place::Shared { .. })
+    }
+
+    /// Writes `src * scale` in the wire type at element `at`.
+    pub fn pack(&mut self, at: usize, src: &[f32], scale: f32) {
+        assert!(at + src.len() <= self.len, "pack of {} at {at} overflows a bucket of {}", src.len(), self.len);
+        match &mut self.place {
+            Place::Local(LocalBuf::F16(b)) => pack_scaled(src, scale, &mut b[at..at + src.len()]),
+            Place::Local(LocalBuf::Bf16(b)) => pack_scaled(src, scale, &mut b[at..at + src.len()]),
+            Place::Local(LocalBuf::F32(b)) => pack_scaled(src, scale, &mut b[at..at + src.len()]),
+            Place::Shared { window, offset, .. } => with_wire_type!(self.dtype, T, {
+                let at_bytes = *offset + at * std::mem::size_of::<T>();
+                // SAFETY: this bucket's range of our slot is ours; no reduction runs during pack.
+                let dst = unsafe { window.mine::<T>(at_bytes, src.len()) };
+                pack_scaled(src, scale, dst)
+            }),
         }
     }
-    fn wire(&mut self) -> WireBuf<'_> {
-        match self {
-            BucketBuf::F16(b) => WireBuf::F16(b),
-            BucketBuf::Bf16(b) => WireBuf::Bf16(b),
-            BucketBuf::F32(b) => WireBuf::F32(b),
+
+    /// Collective: sums the bucket over all ranks (every rank calls it for the
+    /// same bucket in the same order).
+    pub fn all_reduce(&mut self, comm: &dyn Collective) -> anyhow::Result<()> {
+        match &mut self.place {
+            Place::Local(LocalBuf::F16(b)) => comm.all_reduce_sum(WireBuf::F16(b)),
+            Place::Local(LocalBuf::Bf16(b)) => comm.all_reduce_sum(WireBuf::Bf16(b)),
+            Place::Local(LocalBuf::F32(b)) => comm.all_reduce_sum(WireBuf::F32(b)),
+            Place::Shared { window, offset, result } => {
+                with_wire_type!(self.dtype, T, { window.all_reduce_sum::<T>(*offset, *result, self.len) });
+                Ok(())
+            }
         }
     }
-    fn pack(&mut self, at: usize, src: &[f32], scale: f32) {
-        match self {
-            BucketBuf::F16(b) => pack_scaled(src, scale, &mut b[at..at + src.len()]),
-            BucketBuf::Bf16(b) => pack_scaled(src, scale, &mut b[at..at + src.len()]),
-            BucketBuf::F32(b) => pack_scaled(src, scale, &mut b[at..at + src.len()]),
-        }
-    }
-    fn unpack(&self, at: usize, dst: &mut [f32]) {
+
+    /// Reads elements `at..at + dst.len()` as f32; returns how many are not finite.
+    pub fn unpack(&self, at: usize, dst: &mut [f32]) -> usize {
+        assert!(at + dst.len() <= self.len, "unpack of {} at {at} overflows a bucket of {}", dst.len(), self.len);
         let n = dst.len();
-        match self {
-            BucketBuf::F16(b) => unpack(&b[at..at + n], dst),
-            BucketBuf::Bf16(b) => unpack(&b[at..at + n], dst),
-            BucketBuf::F32(b) => unpack(&b[at..at + n], dst),
-        }
-    }
-    fn count_nonfinite(&self) -> usize {
-        match self {
-            BucketBuf::F16(b) => f16::count_nonfinite(b),
-            BucketBuf::Bf16(b) => bf16::count_nonfinite(b),
-            BucketBuf::F32(b) => f32::count_nonfinite(b),
+        match &self.place {
+            Place::Local(LocalBuf::F16(b)) => unpack_counting(&b[at..at + n], dst),
+            Place::Local(LocalBuf::Bf16(b)) => unpack_counting(&b[at..at + n], dst),
+            Place::Local(LocalBuf::F32(b)) => unpack_counting(&b[at..at + n], dst),
+            Place::Shared { window, result, .. } => with_wire_type!(self.dtype, T, { window.read_result::<T>(*result, self.len, at, dst) }),
         }
     }
 }
@@ -183,14 +277,16 @@ fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::R
 pub struct GradExchange {
     names: Vec<String>,
     vars: Vec<Var>,
-    buckets: Vec<(Vec<Piece>, BucketBuf)>,
+    plan: Vec<Vec<Piece>>,
+    buckets: Vec<WireBucket>,
     dtype: GradDtype,
     bucket_elems: usize,
 }
 
 impl GradExchange {
-    /// Plans the exchange of `params` (any order: they are sorted by name here).
-    pub fn new(params: &[(String, Var)], bucket_bytes: usize, dtype: GradDtype) -> anyhow::Result<Self> {
+    /// Collective: plans the exchange of `params` (any order: they are sorted
+    /// by name here) and allocates its buckets.
+    pub fn new(params: &[(String, Var)], bucket_bytes: usize, dtype: GradDtype, comm: &dyn Collective, transport: Transport) -> anyhow::Result<Self> {
         anyhow::ensure!(bucket_bytes >= dtype.size(), "--bucket-mb: a bucket must hold at least one {} element", dtype.name());
         let mut sorted: Vec<(String, Var)> = params.to_vec();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
@@ -199,15 +295,11 @@ impl GradExchange {
         }
         let sizes: Vec<usize> = sorted.iter().map(|(_, v)| v.elem_count()).collect();
         let bucket_elems = bucket_bytes / dtype.size();
-        let buckets = plan_buckets(&sizes, bucket_elems)
-            .into_iter()
-            .map(|pieces| {
-                let len = pieces.iter().map(|p| p.len).sum();
-                (pieces, BucketBuf::new(dtype, len))
-            })
-            .collect();
+        let plan = plan_buckets(&sizes, bucket_elems);
+        let lens: Vec<usize> = plan.iter().map(|pieces| pieces.iter().map(|p| p.len).sum()).collect();
+        let buckets = WireBucket::allocate(comm, dtype, &lens, transport)?;
         let (names, vars) = sorted.into_iter().unzip();
-        Ok(Self { names, vars, buckets, dtype, bucket_elems })
+        Ok(Self { names, vars, plan, buckets, dtype, bucket_elems })
     }
 
     pub fn dtype(&self) -> GradDtype {
@@ -228,43 +320,47 @@ impl GradExchange {
         self.bucket_elems
     }
 
-    /// Replaces every gradient in `grads` by its mean over all ranks. A parameter
-    /// without a gradient on this rank contributes zeros. When the report says
-    /// `skipped()`, `grads` is left as it was and must not be applied.
+    /// True when the buckets live in shared memory (all ranks on one host).
+    pub fn is_shared(&self) -> bool {
+        self.buckets.first().is_some_and(|b| b.is_shared())
+    }
+
+    /// Collective: replaces every gradient in `grads` by its mean over all
+    /// ranks. A parameter without a gradient on this rank contributes zeros.
+    /// When the report says `skipped()`, `grads` is left as it was and must not
+    /// be applied.
     pub fn exchange(&mut self, grads: &mut GradStore, comm: &dyn Collective) -> anyhow::Result<ExchangeReport> {
         let scale = 1.0 / comm.info().size as f32;
         let mut report = ExchangeReport::default();
         let t0 = Instant::now();
-        for (pieces, buf) in &mut self.buckets {
-            for p in pieces.iter() {
+        for (pieces, bucket) in self.plan.iter().zip(&mut self.buckets) {
+            for p in pieces {
                 match grads.get(self.vars[p.param].as_tensor()) {
-                    Some(g) => with_f32_values(g, |v| buf.pack(p.bucket_offset, &v[p.param_offset..p.param_offset + p.len], scale))?,
-                    None => buf.pack(p.bucket_offset, &vec![0.0; p.len], 1.0),
+                    Some(g) => with_f32_values(g, |v| bucket.pack(p.bucket_offset, &v[p.param_offset..p.param_offset + p.len], scale))?,
+                    None => bucket.pack(p.bucket_offset, &vec![0.0; p.len], 1.0),
                 }
             }
         }
         let t1 = Instant::now();
-        for (_, buf) in &mut self.buckets {
-            comm.all_reduce_sum(buf.wire())?;
-            report.nonfinite += buf.count_nonfinite();
+        for bucket in &mut self.buckets {
+            bucket.all_reduce(comm)?;
         }
         let t2 = Instant::now();
+        let mut out: Vec<Vec<f32>> = self.vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
+        for (pieces, bucket) in self.plan.iter().zip(&self.buckets) {
+            for p in pieces {
+                report.nonfinite += bucket.unpack(p.bucket_offset, &mut out[p.param][p.param_offset..p.param_offset + p.len]);
+            }
+        }
         report.pack_s = (t1 - t0).as_secs_f64();
         report.comm_s = (t2 - t1).as_secs_f64();
         report.elements = self.vars.iter().map(|v| v.elem_count()).sum();
-        if report.skipped() {
-            return Ok(report);
-        }
-        let mut out: Vec<Vec<f32>> = self.vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
-        for (pieces, buf) in &self.buckets {
-            for p in pieces {
-                buf.unpack(p.bucket_offset, &mut out[p.param][p.param_offset..p.param_offset + p.len]);
+        if !report.skipped() {
+            for (var, values) in self.vars.iter().zip(out) {
+                let t = var.as_tensor();
+                let mean = Tensor::from_vec(values, t.shape(), &Device::Cpu)?.to_device(t.device())?.to_dtype(t.dtype())?;
+                grads.insert(t, mean);
             }
-        }
-        for (var, values) in self.vars.iter().zip(out) {
-            let t = var.as_tensor();
-            let mean = Tensor::from_vec(values, t.shape(), &Device::Cpu)?.to_device(t.device())?.to_dtype(t.dtype())?;
-            grads.insert(t, mean);
         }
         report.unpack_s = t2.elapsed().as_secs_f64();
         Ok(report)

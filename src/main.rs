@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use candle_mpi::allreduce::{self, AllreduceConfig};
-use candle_mpi::comm::{Collective, MpiCollective, World};
+use candle_mpi::comm::{Collective, MpiCollective, Transport, World};
 use candle_mpi::exchange::GradDtype;
 use candle_mpi::models::{summarize, ModelConfig, ModelKind, ModelSummary};
 use candle_mpi::{output, report_table, threads};
@@ -105,6 +105,9 @@ struct AllreduceArgs {
     /// Collective library
     #[arg(long, value_enum, default_value_t = Backend::Mpi)]
     backend: Backend,
+    /// How ranks on one host exchange: shared memory when all ranks share a host (auto), or MPI messages
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    transport: Transport,
     /// Verify the sums and report elements that are off (#wrong)
     #[arg(long)]
     check: bool,
@@ -175,6 +178,7 @@ fn run_allreduce(args: &AllreduceArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         check: args.check,
         baseline: args.baseline,
+        transport: args.transport,
     };
     cfg.validate()?;
     if let Some(path) = &args.json {
@@ -192,6 +196,11 @@ fn run_allreduce(args: &AllreduceArgs) -> anyhow::Result<()> {
             println!("# oversubscribed: {} ranks share {} core(s) on this host; times include waiting for a core", info.local_size, threads::host_cores());
         }
         println!("# time: mean per call on the slowest rank; busbw = algbw * 2(n-1)/n");
+        println!("# transport: {}", match (args.transport, info.size > 1 && info.local_size == info.size) {
+            (Transport::Auto, true) => "shared memory (every rank on this host)",
+            (Transport::Auto, false) if info.size == 1 => "none (one rank)",
+            _ => "MPI messages (all-to-all + all-gather)",
+        });
         println!("{}", allreduce::header(cfg.baseline));
     }
     let rows = allreduce::run(&comm, &cfg, |row| {

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
-use candle_mpi::comm::{Collective, MpiCollective, WireElem, World};
-use candle_mpi::exchange::{GradDtype, GradExchange};
+use candle_mpi::comm::{Collective, MpiCollective, Transport, WireElem, World};
+use candle_mpi::exchange::{GradDtype, GradExchange, WireBucket};
 use candle_mpi::rng::Rng;
 use half::{bf16, f16};
 
@@ -68,42 +68,56 @@ fn hash_bits(bits: impl Iterator<Item = u32>) -> u64 {
     h
 }
 
-fn check_type<T: WireElem>(comm: &MpiCollective, rel_tol: f64) {
+/// Sums through a wire bucket of `dtype` (both transports go through the same API).
+fn reduce_values(comm: &MpiCollective, dtype: GradDtype, transport: Transport, values: &[f32]) -> Vec<f32> {
+    let mut bucket = WireBucket::allocate(comm, dtype, &[values.len()], transport).unwrap().remove(0);
+    if transport == Transport::Auto && comm.info().size > 1 {
+        assert!(bucket.is_shared(), "one host, auto transport: the bucket should be in shared memory");
+    } else {
+        assert!(!bucket.is_shared());
+    }
+    bucket.pack(0, values, 1.0);
+    bucket.all_reduce(comm).unwrap();
+    let mut out = vec![0f32; values.len()];
+    assert_eq!(bucket.unpack(0, &mut out), 0);
+    out
+}
+
+/// Values as the wire type carries them.
+fn rounded<T: WireElem>(v: &[f32]) -> Vec<f32> {
+    let mut wire = vec![T::default(); v.len()];
+    T::from_f32(v, &mut wire);
+    let mut back = vec![0f32; v.len()];
+    T::to_f32(&wire, &mut back);
+    back
+}
+
+fn check_type<T: WireElem>(comm: &MpiCollective, dtype: GradDtype, transport: Transport, rel_tol: f64) {
     let (me, n) = (comm.info().rank, comm.info().size);
+    let what = format!("{} over {transport:?}", T::NAME);
     for len in [0usize, 1, 7, 1_000_003] {
         // Small integers: exact.
         let src: Vec<f32> = (0..len).map(|i| small_int(me, i)).collect();
-        let mut buf = vec![T::default(); len];
-        T::from_f32(&src, &mut buf);
-        comm.all_reduce_sum(T::wire(&mut buf)).unwrap();
-        let mut got = vec![0f32; len];
-        T::to_f32(&buf, &mut got);
+        let got = reduce_values(comm, dtype, transport, &src);
         for (i, g) in got.iter().enumerate() {
             let want: f32 = (0..n).map(|r| small_int(r, i)).sum();
-            assert_eq!(*g, want, "{} len {len}: element {i} is {g}, want {want}", T::NAME);
+            assert_eq!(*g, want, "{what} len {len}: element {i} is {g}, want {want}");
         }
         // Random data: within one rounding of the f64 sum of the values sent.
-        let mut buf = vec![T::default(); len];
-        T::from_f32(&random_values(me, len), &mut buf);
-        comm.all_reduce_sum(T::wire(&mut buf)).unwrap();
-        T::to_f32(&buf, &mut got);
+        let got = reduce_values(comm, dtype, transport, &random_values(me, len));
         let mut want = vec![0f64; len];
         for r in 0..n {
-            let mut sent = vec![T::default(); len];
-            T::from_f32(&random_values(r, len), &mut sent);
-            let mut back = vec![0f32; len];
-            T::to_f32(&sent, &mut back);
-            for (w, b) in want.iter_mut().zip(&back) {
-                *w += *b as f64;
+            for (w, b) in want.iter_mut().zip(rounded::<T>(&random_values(r, len))) {
+                *w += b as f64;
             }
         }
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let err = (*g as f64 - w).abs();
-            assert!(err <= w.abs() * rel_tol + 1e-6, "{} len {len}: element {i} is {g}, f64 sum {w}", T::NAME);
+            assert!(err <= w.abs() * rel_tol + 1e-6, "{what} len {len}: element {i} is {g}, f64 sum {w}");
         }
         let h = hash_bits(got.iter().map(|v| v.to_bits()));
         let all = comm.all_gather_u64(h).unwrap();
-        assert!(all.iter().all(|x| *x == h), "{} len {len}: ranks hold different results", T::NAME);
+        assert!(all.iter().all(|x| *x == h), "{what} len {len}: ranks hold different results");
     }
 }
 
@@ -111,12 +125,18 @@ fn check_type<T: WireElem>(comm: &MpiCollective, rel_tol: f64) {
 #[ignore = "runs under mpirun, launched by the tests above"]
 fn worker_sums() {
     let comm = MpiCollective::new(World::init().unwrap());
-    // One rounding of the result: half an ulp of f16 (2^-11), bf16 (2^-8), f32 (2^-24).
-    check_type::<f16>(&comm, 2f64.powi(-11));
-    check_type::<bf16>(&comm, 2f64.powi(-8));
-    check_type::<f32>(&comm, 2f64.powi(-22));
-    // Broadcast and all-gather.
+    for transport in [Transport::Auto, Transport::Messages] {
+        // One rounding of the result: half an ulp of f16 (2^-11), bf16 (2^-8), f32 (2^-24).
+        check_type::<f16>(&comm, GradDtype::F16, transport, 2f64.powi(-11));
+        check_type::<bf16>(&comm, GradDtype::Bf16, transport, 2f64.powi(-8));
+        check_type::<f32>(&comm, GradDtype::F32, transport, 2f64.powi(-22));
+    }
+    // The collective itself, on a plain buffer.
     let me = comm.info().rank;
+    let mut v = vec![f16::from_f32(1.0); 5];
+    comm.all_reduce_sum(f16::wire(&mut v)).unwrap();
+    assert!(v.iter().all(|x| x.to_f32() == comm.info().size as f32));
+    // Broadcast and all-gather.
     let mut v: Vec<f32> = (0..5).map(|i| (i + 10 * me) as f32).collect();
     comm.broadcast_f32(&mut v, 1).unwrap();
     assert_eq!(v, vec![10.0, 11.0, 12.0, 13.0, 14.0]);
@@ -165,9 +185,15 @@ fn worker_exchange() {
     let (me, n) = (comm.info().rank, comm.info().size);
     let params = params_for_rank(me);
     // Buckets of 4 elements: boundaries fall inside a.weight/b.weight and between tensors.
-    for (dtype, tol) in [(GradDtype::F16, 2e-3), (GradDtype::Bf16, 1.6e-2), (GradDtype::F32, 1e-6)] {
+    for (dtype, tol, transport) in [
+        (GradDtype::F16, 2e-3, Transport::Auto),
+        (GradDtype::F16, 2e-3, Transport::Messages),
+        (GradDtype::Bf16, 1.6e-2, Transport::Auto),
+        (GradDtype::F32, 1e-6, Transport::Messages),
+    ] {
         for bucket_bytes in [4 * dtype.size(), 1 << 20] {
-            let mut ex = GradExchange::new(&params, bucket_bytes, dtype).unwrap();
+            let mut ex = GradExchange::new(&params, bucket_bytes, dtype, &comm, transport).unwrap();
+            assert_eq!(ex.is_shared(), transport == Transport::Auto && n > 1);
             let mut grads = grads_for(&params, me);
             let report = ex.exchange(&mut grads, &comm).unwrap();
             assert!(!report.skipped());
@@ -181,8 +207,31 @@ fn worker_exchange() {
             }
         }
     }
+    // One exchange reused step after step (as the trainer does): a rank that runs
+    // ahead must not overwrite results a slower rank is still reading.
+    for transport in [Transport::Auto, Transport::Messages] {
+        let mut ex = GradExchange::new(&params, 4 * 2, GradDtype::F32, &comm, transport).unwrap();
+        for step in 0..6 {
+            let mut grads = GradStore::default();
+            for (name, var) in &params {
+                let v: Vec<f32> = (0..var.elem_count()).map(|i| grad_value(me, name, i) + (step * 100) as f32).collect();
+                grads.insert(var.as_tensor(), Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap());
+            }
+            if me == 0 && step % 2 == 1 {
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            assert!(!ex.exchange(&mut grads, &comm).unwrap().skipped());
+            for (name, var) in &params {
+                let got: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                for (i, g) in got.iter().enumerate() {
+                    let mean = (0..n).map(|r| grad_value(r, name, i) as f64).sum::<f64>() / n as f64 + (step * 100) as f64;
+                    assert!((*g as f64 - mean).abs() < 1e-3, "{transport:?} step {step}: {name}[{i}] = {g}, mean {mean}");
+                }
+            }
+        }
+    }
     // Exchange order is by name whatever the registration order.
-    let ex = GradExchange::new(&params, 1 << 20, GradDtype::F16).unwrap();
+    let ex = GradExchange::new(&params, 1 << 20, GradDtype::F16, &comm, Transport::Auto).unwrap();
     assert_eq!(ex.names(), ["a.weight", "b.weight", "c.bias", "d.weight"]);
     common::mark_done(me);
 }
@@ -191,10 +240,18 @@ fn worker_exchange() {
 #[ignore = "runs under mpirun, launched by the tests above"]
 fn worker_nonfinite() {
     let comm = MpiCollective::new(World::init().unwrap());
-    let (me, n) = (comm.info().rank, comm.info().size);
+    let me = comm.info().rank;
     let params = params_for_rank(me);
-    let mut ex = GradExchange::new(&params, 4 * 2, GradDtype::F16).unwrap();
-    let mut grads = grads_for(&params, me);
+    for transport in [Transport::Auto, Transport::Messages] {
+        nonfinite_with(&comm, &params, transport);
+    }
+    common::mark_done(me);
+}
+
+fn nonfinite_with(comm: &MpiCollective, params: &[(String, Var)], transport: Transport) {
+    let (me, n) = (comm.info().rank, comm.info().size);
+    let mut ex = GradExchange::new(params, 4 * 2, GradDtype::F16, comm, transport).unwrap();
+    let mut grads = grads_for(params, me);
     if me == n - 1 {
         // Too large for f16 even after dividing by the world size: becomes infinity.
         let (_, var) = params.iter().find(|(name, _)| name == "b.weight").unwrap();
@@ -206,8 +263,8 @@ fn worker_nonfinite() {
         .iter()
         .map(|(_, v)| grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
         .collect();
-    let report = ex.exchange(&mut grads, &comm).unwrap();
-    assert!(report.skipped(), "rank {me}: the overflow on rank {} was not seen", n - 1);
+    let report = ex.exchange(&mut grads, comm).unwrap();
+    assert!(report.skipped(), "rank {me}: the overflow on rank {} was not seen ({transport:?}): {report:?}, shared {}", n - 1, ex.is_shared());
     assert_eq!(report.nonfinite, 1);
     // Nothing was replaced.
     for ((_, v), b) in params.iter().zip(&before) {
@@ -215,15 +272,14 @@ fn worker_nonfinite() {
         assert_eq!(&now, b);
     }
     // A NaN is caught the same way, and a clean step after it goes through.
-    let mut grads = grads_for(&params, me);
+    let mut grads = grads_for(params, me);
     if me == 0 {
         let (_, var) = &params[0];
         let mut v: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         v[0] = f32::NAN;
         grads.insert(var.as_tensor(), Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap());
     }
-    assert!(ex.exchange(&mut grads, &comm).unwrap().skipped());
-    let mut grads = grads_for(&params, me);
-    assert!(!ex.exchange(&mut grads, &comm).unwrap().skipped());
-    common::mark_done(me);
+    assert!(ex.exchange(&mut grads, comm).unwrap().skipped());
+    let mut grads = grads_for(params, me);
+    assert!(!ex.exchange(&mut grads, comm).unwrap().skipped());
 }

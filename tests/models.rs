@@ -167,7 +167,7 @@ fn directional_derivative(kind: ModelKind, size: usize) {
     let g2: f64 = g.iter().map(|t| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()).sum();
     let original: Vec<Tensor> = params.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
     let eps = 1e-8 / g2.sqrt().max(1.0);
-    let mut at = |e: f64| {
+    let at = |e: f64| {
         for ((_, v), (o, gi)) in params.iter().zip(original.iter().zip(&g)) {
             v.set(&(o + (gi * e).unwrap()).unwrap()).unwrap();
         }

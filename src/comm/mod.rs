@@ -6,12 +6,16 @@
 //! casting, checking) lives in `crate::exchange`, once for both.
 
 pub mod mpi;
+pub mod shm;
 pub mod wire;
 pub mod world;
+
+use std::rc::Rc;
 
 use half::{bf16, f16};
 
 pub use self::mpi::MpiCollective;
+pub use self::shm::SharedWindow;
 pub use self::wire::WireElem;
 pub use self::world::{World, WorldInfo};
 
@@ -55,4 +59,20 @@ pub trait Collective {
 
     /// One value from each rank, in rank order (for hashes and counts).
     fn all_gather_u64(&self, value: u64) -> anyhow::Result<Vec<u64>>;
+
+    /// Collective: `bytes` per rank of memory every rank can read, when the
+    /// backend has it (all ranks on one host); None means "use messages".
+    fn shared_window(&self, _bytes: usize) -> anyhow::Result<Option<Rc<SharedWindow>>> {
+        Ok(None)
+    }
+}
+
+/// How ranks on one host exchange gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Shared memory when every rank is on one host, messages otherwise
+    Auto,
+    /// Always MPI messages (all-to-all + all-gather), as between hosts
+    Messages,
 }

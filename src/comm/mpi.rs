@@ -15,6 +15,7 @@
 //! f32 by `candle-mpi allreduce --baseline` (see the README for figures).
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use mpi::collective::CommunicatorCollectives;
 use mpi::datatype::{Partition, PartitionMut};
@@ -23,7 +24,7 @@ use mpi::traits::Root;
 use mpi::Count;
 
 use super::wire::WireElem;
-use super::{Collective, WireBuf, World, WorldInfo};
+use super::{Collective, SharedWindow, WireBuf, World, WorldInfo};
 
 /// Elements converted per block in the local reduction (fits in L1 as f32).
 const BLOCK: usize = 2048;
@@ -171,6 +172,10 @@ impl Collective for MpiCollective {
         let mut out = vec![0u64; self.world.info().size];
         self.world.comm().all_gather_into(&value, &mut out[..]);
         Ok(out)
+    }
+
+    fn shared_window(&self, bytes: usize) -> anyhow::Result<Option<Rc<SharedWindow>>> {
+        SharedWindow::new(&self.world, bytes)
     }
 }
 

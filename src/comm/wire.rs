@@ -19,6 +19,9 @@ pub trait WireElem: Copy + Default + Send + Sync + 'static {
     fn from_f32(src: &[f32], dst: &mut [Self]);
     /// Elements that are infinite or NaN.
     fn count_nonfinite(s: &[Self]) -> usize;
+    /// Whether any element is infinite or NaN: a max over the magnitude bits,
+    /// which vectorises, so the common all-finite case costs little.
+    fn has_nonfinite(s: &[Self]) -> bool;
     /// The buffer as the collectives take it.
     fn wire(s: &mut [Self]) -> WireBuf<'_>;
 }
@@ -48,6 +51,9 @@ impl WireElem for f16 {
         // Exponent all ones: infinity or NaN.
         Self::raw(s).iter().filter(|&&b| b & 0x7c00 == 0x7c00).count()
     }
+    fn has_nonfinite(s: &[Self]) -> bool {
+        Self::raw(s).iter().map(|&b| (b & 0x7fff) as i16).max().unwrap_or(0) >= 0x7c00
+    }
 }
 
 impl WireElem for bf16 {
@@ -73,6 +79,9 @@ impl WireElem for bf16 {
     }
     fn count_nonfinite(s: &[Self]) -> usize {
         Self::raw(s).iter().filter(|&&b| b & 0x7f80 == 0x7f80).count()
+    }
+    fn has_nonfinite(s: &[Self]) -> bool {
+        Self::raw(s).iter().map(|&b| (b & 0x7fff) as i16).max().unwrap_or(0) >= 0x7f80
     }
 }
 
@@ -100,6 +109,9 @@ impl WireElem for f32 {
     fn count_nonfinite(s: &[Self]) -> usize {
         s.iter().filter(|v| !v.is_finite()).count()
     }
+    fn has_nonfinite(s: &[Self]) -> bool {
+        s.iter().map(|v| (v.to_bits() & 0x7fff_ffff) as i32).max().unwrap_or(0) >= 0x7f80_0000
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +126,11 @@ mod tests {
         assert_eq!(bf16::count_nonfinite(&b), 2);
         let f = [1.0f32, f32::NAN, f32::MAX];
         assert_eq!(f32::count_nonfinite(&f), 1);
+        assert!(f16::has_nonfinite(&h) && bf16::has_nonfinite(&b) && f32::has_nonfinite(&f));
+        assert!(!f16::has_nonfinite(&[f16::MAX, f16::MIN, f16::from_f32(-0.0)]));
+        assert!(!bf16::has_nonfinite(&[bf16::MAX, bf16::MIN]));
+        assert!(!f32::has_nonfinite(&[f32::MAX, f32::MIN, -0.0]));
+        assert!(f32::has_nonfinite(&[f32::NEG_INFINITY]) && f16::has_nonfinite(&[f16::NEG_INFINITY]));
         // 70000 does not fit in f16: it becomes infinity and is caught.
         let mut out = [f16::ZERO; 2];
         <f16 as WireElem>::from_f32(&[70000.0, 65504.0], &mut out);

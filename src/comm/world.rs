@@ -51,3 +51,15 @@ impl World {
         &self.comm
     }
 }
+
+impl Drop for World {
+    /// A rank that unwinds from a panic must not finalise: MPI_Finalize waits
+    /// for the other ranks, which wait in a collective for this one, and the job
+    /// hangs. It aborts the whole job instead, naming itself.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("rank {}: panicked; aborting the MPI job", self.info.rank);
+            self.comm.abort(70);
+        }
+    }
+}
