@@ -179,6 +179,68 @@ pub fn run(comm: &MpiCollective, cfg: &AllreduceConfig, mut on_row: impl FnMut(&
     Ok(rows)
 }
 
+/// The sweep on NCCL: device buffers of `--dtype`, summed in place on the GPU
+/// (time includes waiting for the stream). `--baseline` is host-side and not
+/// offered here.
+#[cfg(feature = "cuda")]
+pub fn run_nccl(comm: &crate::comm::NcclCollective, cfg: &AllreduceConfig, mut on_row: impl FnMut(&AllreduceRow)) -> anyhow::Result<Vec<AllreduceRow>> {
+    use half::{bf16, f16};
+    cfg.validate()?;
+    anyhow::ensure!(!cfg.baseline, "--baseline times MPI on host memory; it is not offered with --backend nccl");
+    let mut rows = vec![];
+    for bytes in cfg.sizes() {
+        if bytes < cfg.dtype.size() {
+            continue;
+        }
+        let row = match cfg.dtype {
+            GradDtype::F16 => nccl_size::<f16>(comm, cfg, bytes, f16::from_f32, f16::to_f32)?,
+            GradDtype::Bf16 => nccl_size::<bf16>(comm, cfg, bytes, bf16::from_f32, bf16::to_f32)?,
+            GradDtype::F32 => nccl_size::<f32>(comm, cfg, bytes, |v| v, |v| v)?,
+        };
+        on_row(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+#[cfg(feature = "cuda")]
+fn nccl_size<T>(comm: &crate::comm::NcclCollective, cfg: &AllreduceConfig, bytes: usize, from: fn(f32) -> T, to: fn(T) -> f32) -> anyhow::Result<AllreduceRow>
+where
+    T: cudarc::nccl::NcclType + cudarc::driver::DeviceRepr + Copy + Default,
+{
+    let n = comm.info().size;
+    let me = comm.info().rank;
+    let count = bytes / std::mem::size_of::<T>();
+    let host: Vec<T> = (0..count).map(|i| from(pattern(me, i))).collect();
+    let stream = comm.stream();
+    let mut dev = stream.clone_htod(&host).map_err(|e| anyhow::anyhow!("copy to GPU: {e:?}"))?;
+    let time = time_slowest(comm, cfg.warmup, cfg.iters, || comm.all_reduce_sum_device(&mut dev))?;
+    let wrong = if cfg.check {
+        stream.memcpy_htod(&host, &mut dev).map_err(|e| anyhow::anyhow!("copy to GPU: {e:?}"))?;
+        comm.all_reduce_sum_device(&mut dev)?;
+        let got = stream.clone_dtoh(&dev).map_err(|e| anyhow::anyhow!("copy from GPU: {e:?}"))?;
+        let mine = got.iter().enumerate().filter(|(i, g)| to(**g) != (0..n).map(|r| pattern(r, *i)).sum::<f32>()).count();
+        Some(comm.all_gather_u64(mine as u64)?.iter().sum::<u64>() as usize)
+    } else {
+        None
+    };
+    let algbw = bytes as f64 / time / 1e9;
+    Ok(AllreduceRow {
+        bytes,
+        count,
+        dtype: cfg.dtype.name(),
+        ranks: n,
+        transport: "nccl",
+        time_us: time * 1e6,
+        algbw_gbs: algbw,
+        busbw_gbs: algbw * 2.0 * (n as f64 - 1.0) / n as f64,
+        wrong,
+        exchange_us: None,
+        mpi_f32_us: None,
+        memcpy_us: None,
+    })
+}
+
 /// Table header, in nccl-tests' order of columns.
 pub fn header(baseline: bool) -> String {
     let mut h = format!(

@@ -159,16 +159,6 @@ fn run_models(args: &ModelsArgs) -> anyhow::Result<()> {
 }
 
 fn run_allreduce(args: &AllreduceArgs) -> anyhow::Result<()> {
-    if args.backend == Backend::Nccl {
-        anyhow::bail!(
-            "--backend nccl: {}; use --backend mpi",
-            if cfg!(feature = "cuda") {
-                "the NCCL backend arrives with the GPU path and is not in this build yet"
-            } else {
-                "this build has no GPU support (rebuild with `cargo build --release --features cuda`)"
-            }
-        );
-    }
     let cfg = AllreduceConfig {
         min_bytes: args.min_bytes,
         max_bytes: args.max_bytes,
@@ -181,33 +171,49 @@ fn run_allreduce(args: &AllreduceArgs) -> anyhow::Result<()> {
         transport: args.transport,
     };
     cfg.validate()?;
+    if args.backend == Backend::Nccl {
+        if !cfg!(feature = "cuda") {
+            anyhow::bail!("--backend nccl: this build has no GPU support (rebuild with `cargo build --release --features cuda`); use --backend mpi");
+        }
+        anyhow::ensure!(!cfg.baseline, "--baseline times MPI on host memory; it is not offered with --backend nccl");
+    }
     if let Some(path) = &args.json {
         output::check_new_file(path, "--json")?;
     }
-    let comm = MpiCollective::new(World::init()?);
-    let info = comm.info().clone();
+    let mpi = MpiCollective::new(World::init()?);
+    let info = mpi.info().clone();
     let lead = info.rank == 0;
-    if lead {
+    let print_row = |row: &allreduce::AllreduceRow| {
+        if lead {
+            println!("{}", allreduce::format_row(row));
+        }
+    };
+    let print_header = |transport: &str| {
+        if !lead {
+            return;
+        }
         println!(
-            "# candle-mpi allreduce: backend mpi, {} rank(s), {} on rank 0's host {} ({} cores); dtype {}; warmup {}, iters {}",
+            "# candle-mpi allreduce: {} rank(s), {} on rank 0's host {} ({} cores); dtype {}; warmup {}, iters {}",
             info.size, info.local_size, info.host, threads::host_cores(), cfg.dtype.name(), cfg.warmup, cfg.iters
         );
         if info.local_size > threads::host_cores() {
             println!("# oversubscribed: {} ranks share {} core(s) on this host; times include waiting for a core", info.local_size, threads::host_cores());
         }
         println!("# time: mean per call on the slowest rank; busbw = algbw * 2(n-1)/n");
-        println!("# transport: {}", match (args.transport, info.size > 1 && info.local_size == info.size) {
-            (Transport::Auto, true) => "shared memory (every rank on this host)",
-            (Transport::Auto, false) if info.size == 1 => "none (one rank)",
-            _ => "MPI messages (all-to-all + all-gather)",
-        });
+        println!("# transport: {transport}");
         println!("{}", allreduce::header(cfg.baseline));
-    }
-    let rows = allreduce::run(&comm, &cfg, |row| {
-        if lead {
-            println!("{}", allreduce::format_row(row));
+    };
+    let rows = match args.backend {
+        Backend::Mpi => {
+            print_header(match (args.transport, info.size > 1 && info.local_size == info.size) {
+                (Transport::Auto, true) => "MPI, shared memory (every rank on this host)",
+                (Transport::Auto, false) if info.size == 1 => "none (one rank)",
+                _ => "MPI messages (all-to-all + all-gather)",
+            });
+            allreduce::run(&mpi, &cfg, print_row)?
         }
-    })?;
+        Backend::Nccl => run_allreduce_nccl(mpi, &cfg, &print_header, print_row)?,
+    };
     if lead {
         println!("# Out of bounds values : {}", rows.iter().filter_map(|r| r.wrong).sum::<usize>());
         println!("# Avg bus bandwidth    : {:.3} GB/s", allreduce::average_busbw(&rows));
@@ -217,6 +223,30 @@ fn run_allreduce(args: &AllreduceArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn run_allreduce_nccl(
+    mpi: MpiCollective,
+    cfg: &AllreduceConfig,
+    print_header: &dyn Fn(&str),
+    print_row: impl FnMut(&allreduce::AllreduceRow),
+) -> anyhow::Result<Vec<allreduce::AllreduceRow>> {
+    let device = candle_mpi::device::select(candle_mpi::device::DeviceKind::Cuda, mpi.info())?;
+    let stream = device.as_cuda_device()?.cuda_stream();
+    let nccl = candle_mpi::comm::NcclCollective::new(mpi, stream)?;
+    print_header("NCCL, device buffers (one GPU per rank)");
+    allreduce::run_nccl(&nccl, cfg, print_row)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_allreduce_nccl(
+    _mpi: MpiCollective,
+    _cfg: &AllreduceConfig,
+    _print_header: &dyn Fn(&str),
+    _print_row: impl FnMut(&allreduce::AllreduceRow),
+) -> anyhow::Result<Vec<allreduce::AllreduceRow>> {
+    unreachable!("refused before MPI starts in a build without the cuda feature")
 }
 
 fn main() -> ExitCode {

@@ -1,11 +1,13 @@
 //! Collectives: the `Collective` trait every backend implements, the element
 //! types that travel on the wire, and the MPI world the job starts from.
 //!
-//! The MPI backend (`mpi.rs`) is always built; the NCCL backend comes with the
-//! GPU feature. Everything around the call (bucketing, ordering, scaling,
+//! The MPI backend (`mpi.rs`, `shm.rs`) is always built; the NCCL backend
+//! (`nccl.rs`) with the `cuda` feature. Everything around the call (bucketing, ordering, scaling,
 //! casting, checking) lives in `crate::exchange`, once for both.
 
 pub mod mpi;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod shm;
 pub mod wire;
 pub mod world;
@@ -15,6 +17,8 @@ use std::rc::Rc;
 use half::{bf16, f16};
 
 pub use self::mpi::MpiCollective;
+#[cfg(feature = "cuda")]
+pub use self::nccl::NcclCollective;
 pub use self::shm::SharedWindow;
 pub use self::wire::WireElem;
 pub use self::world::{World, WorldInfo};

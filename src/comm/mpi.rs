@@ -69,6 +69,13 @@ impl MpiCollective {
         Self { world, scratch: RefCell::new(Scratch::default()) }
     }
 
+    /// Copies `buf` from rank `root` to every rank (NCCL's id, for one).
+    pub fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(root < self.world.info().size, "broadcast root {root} is not a rank");
+        self.world.comm().process_at_rank(count(root)?).broadcast_into(buf);
+        Ok(())
+    }
+
     /// Plain MPI_Allreduce of f32 sums: the reference `allreduce --baseline` times.
     pub fn mpi_allreduce_f32(&self, send: &[f32], recv: &mut [f32]) {
         self.world.comm().all_reduce_into(send, recv, mpi::collective::SystemOperation::sum());
