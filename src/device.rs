@@ -47,12 +47,11 @@ fn cuda_device(info: &WorldInfo) -> anyhow::Result<Device> {
         .map_err(|e| anyhow::anyhow!("--device cuda: cannot open GPU {} on host {}: {e}", info.local_rank, info.host))
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "cuda")))]
 mod tests {
     use super::*;
 
     #[test]
-    #[cfg(not(feature = "cuda"))]
     fn cpu_build_refuses_cuda_and_says_how_to_get_it() {
         let info = WorldInfo { rank: 0, size: 1, local_rank: 0, local_size: 1, host: "h".into() };
         let err = select(DeviceKind::Cuda, &info).unwrap_err().to_string();
