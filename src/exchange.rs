@@ -50,22 +50,9 @@ impl GradDtype {
     }
 }
 
-/// Elements converted per block when packing (stays in L1 as f32).
-const BLOCK: usize = 2048;
-
 /// f32 values, times `scale`, into the wire type.
 pub fn pack_scaled<T: WireElem>(src: &[f32], scale: f32, dst: &mut [T]) {
-    assert_eq!(src.len(), dst.len());
-    if scale == 1.0 {
-        return T::from_f32(src, dst);
-    }
-    let mut tmp = [0f32; BLOCK];
-    for (s, d) in src.chunks(BLOCK).zip(dst.chunks_mut(BLOCK)) {
-        for (t, v) in tmp.iter_mut().zip(s) {
-            *t = v * scale;
-        }
-        T::from_f32(&tmp[..s.len()], d);
-    }
+    T::pack_scaled(src, scale, dst)
 }
 
 /// Wire values back to f32.

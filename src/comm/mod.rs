@@ -9,6 +9,7 @@ pub mod mpi;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod shm;
+pub mod simd;
 pub mod wire;
 pub mod world;
 

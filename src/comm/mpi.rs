@@ -26,9 +26,6 @@ use mpi::Count;
 use super::wire::WireElem;
 use super::{Collective, SharedWindow, WireBuf, World, WorldInfo};
 
-/// Elements converted per block in the local reduction (fits in L1 as f32).
-const BLOCK: usize = 2048;
-
 /// How a buffer of `len` elements is cut into one segment per rank: the first
 /// `len % n` ranks take one element more.
 pub fn segments(len: usize, n: usize) -> (Vec<usize>, Vec<usize>) {
@@ -111,28 +108,14 @@ impl MpiCollective {
         let received = T::from_raw_mut(received);
         let reduced = T::from_raw_mut(reduced);
         let own = &buf[my_start..my_start + mine];
-        let mut acc = [0f32; BLOCK];
-        let mut tmp = [0f32; BLOCK];
-        for start in (0..mine).step_by(BLOCK) {
-            let len = BLOCK.min(mine - start);
-            for r in 0..n {
-                let src = if r == me {
-                    &own[start..start + len]
-                } else {
-                    let slot = if r < me { r } else { r - 1 };
-                    &received[slot * mine + start..slot * mine + start + len]
-                };
-                if r == 0 {
-                    T::to_f32(src, &mut acc[..len]);
-                } else {
-                    T::to_f32(src, &mut tmp[..len]);
-                    for (a, t) in acc[..len].iter_mut().zip(&tmp[..len]) {
-                        *a += *t;
-                    }
-                }
-            }
-            T::from_f32(&acc[..len], &mut reduced[start..start + len]);
-        }
+        let srcs: Vec<&[T]> = (0..n)
+            .map(|r| match r.cmp(&me) {
+                std::cmp::Ordering::Equal => own,
+                std::cmp::Ordering::Less => &received[r * mine..(r + 1) * mine],
+                std::cmp::Ordering::Greater => &received[(r - 1) * mine..r * mine],
+            })
+            .collect();
+        T::sum_into(&srcs, reduced);
 
         // 3. All-gather the reduced segments into the buffer.
         let mut recv = PartitionMut::new(T::raw_mut(buf), counts(&seg_counts)?, counts(&seg_displs)?);

@@ -32,9 +32,6 @@ use super::mpi::segments;
 use super::wire::WireElem;
 use super::World;
 
-/// Elements converted per block (stays in L1 as f32).
-const BLOCK: usize = 2048;
-
 pub struct SharedWindow {
     // Freed by hand in Drop, and only while MPI is still initialised.
     comm: ManuallyDrop<SimpleCommunicator>,
@@ -147,26 +144,10 @@ impl SharedWindow {
         self.sync();
         let (counts, displs) = segments(len, n);
         let (start, mine) = (displs[self.rank], counts[self.rank]);
-        let mut acc = [0f32; BLOCK];
-        let mut tmp = [0f32; BLOCK];
-        let mut out = vec![T::default(); BLOCK.min(mine)];
-        let at = |i: usize| offset + i * std::mem::size_of::<T>();
-        for b in (0..mine).step_by(BLOCK) {
-            let l = BLOCK.min(mine - b);
-            for q in 0..n {
-                let src = self.slot::<T>(q, at(start + b), l);
-                if q == 0 {
-                    T::to_f32(src, &mut acc[..l]);
-                } else {
-                    T::to_f32(src, &mut tmp[..l]);
-                    for (a, t) in acc[..l].iter_mut().zip(&tmp[..l]) {
-                        *a += *t;
-                    }
-                }
-            }
-            T::from_f32(&acc[..l], &mut out[..l]);
+        if mine > 0 {
+            let srcs: Vec<&[T]> = (0..n).map(|q| self.slot::<T>(q, offset + start * std::mem::size_of::<T>(), mine)).collect();
             // SAFETY: my result area is mine alone between the barriers.
-            unsafe { self.mine::<T>(result + b * std::mem::size_of::<T>(), l) }.copy_from_slice(&out[..l]);
+            T::sum_into(&srcs, unsafe { self.mine::<T>(result, mine) });
         }
         self.sync();
     }

@@ -24,11 +24,60 @@ pub trait WireElem: Copy + Default + Send + Sync + 'static {
     fn has_nonfinite(s: &[Self]) -> bool;
     /// The buffer as the collectives take it.
     fn wire(s: &mut [Self]) -> WireBuf<'_>;
+
+    /// dst = round(sum of srcs in f32, in order). Portable: in cache-sized blocks.
+    fn sum_into(srcs: &[&[Self]], dst: &mut [Self]) {
+        const BLOCK: usize = 2048;
+        let mut acc = [0f32; BLOCK];
+        let mut tmp = [0f32; BLOCK];
+        for start in (0..dst.len()).step_by(BLOCK) {
+            let l = BLOCK.min(dst.len() - start);
+            for (q, s) in srcs.iter().enumerate() {
+                if q == 0 {
+                    Self::to_f32(&s[start..start + l], &mut acc[..l]);
+                } else {
+                    Self::to_f32(&s[start..start + l], &mut tmp[..l]);
+                    for (a, t) in acc[..l].iter_mut().zip(&tmp[..l]) {
+                        *a += *t;
+                    }
+                }
+            }
+            Self::from_f32(&acc[..l], &mut dst[start..start + l]);
+        }
+    }
+
+    /// dst = round(src * scale). Portable: in cache-sized blocks.
+    fn pack_scaled(src: &[f32], scale: f32, dst: &mut [Self]) {
+        const BLOCK: usize = 2048;
+        assert_eq!(src.len(), dst.len());
+        if scale == 1.0 {
+            return Self::from_f32(src, dst);
+        }
+        let mut tmp = [0f32; BLOCK];
+        for (s, d) in src.chunks(BLOCK).zip(dst.chunks_mut(BLOCK)) {
+            for (t, v) in tmp.iter_mut().zip(s) {
+                *t = v * scale;
+            }
+            Self::from_f32(&tmp[..s.len()], d);
+        }
+    }
 }
 
 impl WireElem for f16 {
     fn wire(s: &mut [Self]) -> WireBuf<'_> {
         WireBuf::F16(s)
+    }
+    fn sum_into(srcs: &[&[Self]], dst: &mut [Self]) {
+        if !super::simd::sum_f16(srcs, dst) {
+            portable_sum(srcs, dst)
+        }
+    }
+    fn pack_scaled(src: &[f32], scale: f32, dst: &mut [Self]) {
+        if !super::simd::pack_f16(src, scale, dst) {
+            assert_eq!(src.len(), dst.len());
+            let scaled: Vec<f32> = src.iter().map(|v| v * scale).collect();
+            dst.convert_from_f32_slice(&scaled);
+        }
     }
     type Raw = u16;
     const NAME: &'static str = "f16";
@@ -111,6 +160,13 @@ impl WireElem for f32 {
     }
     fn has_nonfinite(s: &[Self]) -> bool {
         s.iter().map(|v| (v.to_bits() & 0x7fff_ffff) as i32).max().unwrap_or(0) >= 0x7f80_0000
+    }
+}
+
+/// The portable sum, for f16 on CPUs without F16C.
+fn portable_sum(srcs: &[&[f16]], dst: &mut [f16]) {
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = f16::from_f32(srcs.iter().fold(0.0f32, |a, s| a + s[i].to_f32()));
     }
 }
 
