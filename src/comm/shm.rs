@@ -171,17 +171,9 @@ impl SharedWindow {
     }
 }
 
-/// Wire values to f32; returns how many are infinite or NaN. The check reads
-/// the 2-byte source with a vectorised max first and counts only when it finds
-/// something, and the conversion is one call, so that half's SIMD loop runs
-/// uninterrupted (converting in cache-sized blocks measured slower).
+/// Wire values to f32; returns how many are infinite or NaN.
 pub fn unpack_counting<T: WireElem>(src: &[T], dst: &mut [f32]) -> usize {
-    T::to_f32(src, dst);
-    if T::has_nonfinite(src) {
-        T::count_nonfinite(src)
-    } else {
-        0
-    }
+    T::unpack_counting(src, dst)
 }
 
 impl Drop for SharedWindow {

@@ -41,6 +41,44 @@ pub fn pack_f16(src: &[f32], scale: f32, dst: &mut [f16]) -> bool {
     false
 }
 
+/// dst[i] = f32(src[i]); returns how many are infinite or NaN, or None where
+/// the CPU lacks F16C.
+pub fn unpack_f16(src: &[f16], dst: &mut [f32]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        assert_eq!(src.len(), dst.len());
+        // SAFETY: as above.
+        let flagged = unsafe { unpack_f16_avx(src, dst) };
+        return Some(if flagged { src.iter().filter(|h| !h.is_finite()).count() } else { 0 });
+    }
+    let _ = (src, dst);
+    None
+}
+
+/// Widens and stores; returns whether any source had an all-ones exponent.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn unpack_f16_avx(src: &[f16], dst: &mut [f32]) -> bool {
+    use std::arch::x86_64::*;
+    let n = dst.len();
+    let body = n - n % 8;
+    let exp = _mm_set1_epi16(0x7c00);
+    let mut flags = _mm_setzero_si128();
+    let mut i = 0;
+    while i < body {
+        let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+        flags = _mm_or_si128(flags, _mm_cmpeq_epi16(_mm_and_si128(h, exp), exp));
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        i += 8;
+    }
+    let mut flagged = _mm_movemask_epi8(flags) != 0;
+    for j in body..n {
+        dst[j] = src[j].to_f32();
+        flagged |= !src[j].is_finite();
+    }
+    flagged
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,f16c")]
 unsafe fn sum_f16_avx(srcs: &[&[f16]], dst: &mut [f16]) {
@@ -111,6 +149,14 @@ mod tests {
             assert!(pack_f16(&f, 0.3, &mut fused));
             let portable: Vec<u16> = f.iter().map(|v| f16::from_f32(v * 0.3).to_bits()).collect();
             assert_eq!(fused.iter().map(|h| h.to_bits()).collect::<Vec<_>>(), portable, "pack, len {len}");
+
+            // Unpack, with the non-finite count (1e5 * 0.3 overflows f16 often).
+            let mut back = vec![0f32; len];
+            let bad = unpack_f16(&fused, &mut back).unwrap();
+            assert_eq!(bad, fused.iter().filter(|h| !h.is_finite()).count(), "count, len {len}");
+            for (b, h) in back.iter().zip(&fused) {
+                assert!(b.to_bits() == h.to_f32().to_bits() || (b.is_nan() && h.is_nan()), "unpack, len {len}");
+            }
         }
     }
 }

@@ -46,6 +46,17 @@ pub trait WireElem: Copy + Default + Send + Sync + 'static {
         }
     }
 
+    /// dst = f32(src); returns how many are infinite or NaN. Portable: one
+    /// conversion call, then a vectorised check of the source's bits.
+    fn unpack_counting(src: &[Self], dst: &mut [f32]) -> usize {
+        Self::to_f32(src, dst);
+        if Self::has_nonfinite(src) {
+            Self::count_nonfinite(src)
+        } else {
+            0
+        }
+    }
+
     /// dst = round(src * scale). Portable: in cache-sized blocks.
     fn pack_scaled(src: &[f32], scale: f32, dst: &mut [Self]) {
         const BLOCK: usize = 2048;
@@ -70,6 +81,15 @@ impl WireElem for f16 {
     fn sum_into(srcs: &[&[Self]], dst: &mut [Self]) {
         if !super::simd::sum_f16(srcs, dst) {
             portable_sum(srcs, dst)
+        }
+    }
+    fn unpack_counting(src: &[Self], dst: &mut [f32]) -> usize {
+        match super::simd::unpack_f16(src, dst) {
+            Some(bad) => bad,
+            None => {
+                src.convert_to_f32_slice(dst);
+                Self::count_nonfinite(src)
+            }
         }
     }
     fn pack_scaled(src: &[f32], scale: f32, dst: &mut [Self]) {
