@@ -79,6 +79,27 @@ pub struct AllreduceRow {
     pub memcpy_us: Option<f64>,
 }
 
+impl AllreduceRow {
+    /// A row from the mean time of one all-reduce of `bytes` on `ranks` ranks.
+    fn timed(bytes: usize, count: usize, dtype: GradDtype, ranks: usize, transport: &'static str, time_s: f64, wrong: Option<usize>) -> Self {
+        let algbw = bytes as f64 / time_s / 1e9;
+        AllreduceRow {
+            bytes,
+            count,
+            dtype: dtype.name(),
+            ranks,
+            transport,
+            time_us: time_s * 1e6,
+            algbw_gbs: algbw,
+            busbw_gbs: algbw * 2.0 * (ranks as f64 - 1.0) / ranks as f64,
+            wrong,
+            exchange_us: None,
+            mpi_f32_us: None,
+            memcpy_us: None,
+        }
+    }
+}
+
 /// Mean seconds per call of `f` on the slowest rank, after `warmup` calls.
 fn time_slowest(comm: &dyn Collective, warmup: usize, iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     for _ in 0..warmup {
@@ -147,21 +168,8 @@ fn run_size(comm: &MpiCollective, cfg: &AllreduceConfig, bytes: usize) -> anyhow
         memcpy_us = Some(t * 1e6);
     }
 
-    let algbw = bytes as f64 / time / 1e9;
-    Ok(AllreduceRow {
-        bytes,
-        count,
-        dtype: cfg.dtype.name(),
-        ranks: n,
-        transport: if bucket.is_shared() { "shared-memory" } else { "messages" },
-        time_us: time * 1e6,
-        algbw_gbs: algbw,
-        busbw_gbs: algbw * 2.0 * (n as f64 - 1.0) / n as f64,
-        wrong,
-        exchange_us,
-        mpi_f32_us,
-        memcpy_us,
-    })
+    let transport = if bucket.is_shared() { "shared-memory" } else { "messages" };
+    Ok(AllreduceRow { exchange_us, mpi_f32_us, memcpy_us, ..AllreduceRow::timed(bytes, count, cfg.dtype, n, transport, time, wrong) })
 }
 
 /// Runs the sweep; every rank gets the same rows. `on_row` sees each row as it is made.
@@ -224,21 +232,7 @@ where
     } else {
         None
     };
-    let algbw = bytes as f64 / time / 1e9;
-    Ok(AllreduceRow {
-        bytes,
-        count,
-        dtype: cfg.dtype.name(),
-        ranks: n,
-        transport: "nccl",
-        time_us: time * 1e6,
-        algbw_gbs: algbw,
-        busbw_gbs: algbw * 2.0 * (n as f64 - 1.0) / n as f64,
-        wrong,
-        exchange_us: None,
-        mpi_f32_us: None,
-        memcpy_us: None,
-    })
+    Ok(AllreduceRow::timed(bytes, count, cfg.dtype, n, "nccl", time, wrong))
 }
 
 /// Table header, in nccl-tests' order of columns.

@@ -74,10 +74,43 @@ pub trait WireElem: Copy + Default + Send + Sync + 'static {
     }
 }
 
+/// What f16 and bf16 share: 16-bit storage, MPI moves them as u16, half's
+/// slice conversions, and a non-finite test on the exponent bits.
+macro_rules! half_wire_common {
+    ($variant:ident, $name:literal, $exponent:literal) => {
+        fn wire(s: &mut [Self]) -> WireBuf<'_> {
+            WireBuf::$variant(s)
+        }
+        type Raw = u16;
+        const NAME: &'static str = $name;
+        fn raw(s: &[Self]) -> &[u16] {
+            s.reinterpret_cast()
+        }
+        fn raw_mut(s: &mut [Self]) -> &mut [u16] {
+            s.reinterpret_cast_mut()
+        }
+        fn from_raw_mut(s: &mut [u16]) -> &mut [Self] {
+            s.reinterpret_cast_mut()
+        }
+        fn to_f32(src: &[Self], dst: &mut [f32]) {
+            src.convert_to_f32_slice(dst)
+        }
+        fn from_f32(src: &[f32], dst: &mut [Self]) {
+            dst.convert_from_f32_slice(src)
+        }
+        fn count_nonfinite(s: &[Self]) -> usize {
+            // Exponent all ones: infinity or NaN.
+            Self::raw(s).iter().filter(|&&b| b & $exponent == $exponent).count()
+        }
+        fn has_nonfinite(s: &[Self]) -> bool {
+            Self::raw(s).iter().map(|&b| (b & 0x7fff) as i16).max().unwrap_or(0) >= $exponent
+        }
+    };
+}
+
 impl WireElem for f16 {
-    fn wire(s: &mut [Self]) -> WireBuf<'_> {
-        WireBuf::F16(s)
-    }
+    half_wire_common!(F16, "f16", 0x7c00);
+    // Fused F16C kernels where the CPU has them (f16 is the default wire type).
     fn sum_into(srcs: &[&[Self]], dst: &mut [Self]) {
         if !super::simd::sum_f16(srcs, dst) {
             portable_sum(srcs, dst)
@@ -99,59 +132,10 @@ impl WireElem for f16 {
             dst.convert_from_f32_slice(&scaled);
         }
     }
-    type Raw = u16;
-    const NAME: &'static str = "f16";
-    fn raw(s: &[Self]) -> &[u16] {
-        s.reinterpret_cast()
-    }
-    fn raw_mut(s: &mut [Self]) -> &mut [u16] {
-        s.reinterpret_cast_mut()
-    }
-    fn from_raw_mut(s: &mut [u16]) -> &mut [Self] {
-        s.reinterpret_cast_mut()
-    }
-    fn to_f32(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst)
-    }
-    fn from_f32(src: &[f32], dst: &mut [Self]) {
-        dst.convert_from_f32_slice(src)
-    }
-    fn count_nonfinite(s: &[Self]) -> usize {
-        // Exponent all ones: infinity or NaN.
-        Self::raw(s).iter().filter(|&&b| b & 0x7c00 == 0x7c00).count()
-    }
-    fn has_nonfinite(s: &[Self]) -> bool {
-        Self::raw(s).iter().map(|&b| (b & 0x7fff) as i16).max().unwrap_or(0) >= 0x7c00
-    }
 }
 
 impl WireElem for bf16 {
-    fn wire(s: &mut [Self]) -> WireBuf<'_> {
-        WireBuf::Bf16(s)
-    }
-    type Raw = u16;
-    const NAME: &'static str = "bf16";
-    fn raw(s: &[Self]) -> &[u16] {
-        s.reinterpret_cast()
-    }
-    fn raw_mut(s: &mut [Self]) -> &mut [u16] {
-        s.reinterpret_cast_mut()
-    }
-    fn from_raw_mut(s: &mut [u16]) -> &mut [Self] {
-        s.reinterpret_cast_mut()
-    }
-    fn to_f32(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst)
-    }
-    fn from_f32(src: &[f32], dst: &mut [Self]) {
-        dst.convert_from_f32_slice(src)
-    }
-    fn count_nonfinite(s: &[Self]) -> usize {
-        Self::raw(s).iter().filter(|&&b| b & 0x7f80 == 0x7f80).count()
-    }
-    fn has_nonfinite(s: &[Self]) -> bool {
-        Self::raw(s).iter().map(|&b| (b & 0x7fff) as i16).max().unwrap_or(0) >= 0x7f80
-    }
+    half_wire_common!(Bf16, "bf16", 0x7f80);
 }
 
 impl WireElem for f32 {
