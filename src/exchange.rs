@@ -266,8 +266,6 @@ pub struct GradExchange {
     vars: Vec<Var>,
     plan: Vec<Vec<Piece>>,
     buckets: Vec<WireBucket>,
-    dtype: GradDtype,
-    bucket_elems: usize,
 }
 
 impl GradExchange {
@@ -286,25 +284,12 @@ impl GradExchange {
         let lens: Vec<usize> = plan.iter().map(|pieces| pieces.iter().map(|p| p.len).sum()).collect();
         let buckets = WireBucket::allocate(comm, dtype, &lens, transport)?;
         let (names, vars) = sorted.into_iter().unzip();
-        Ok(Self { names, vars, plan, buckets, dtype, bucket_elems })
-    }
-
-    pub fn dtype(&self) -> GradDtype {
-        self.dtype
+        Ok(Self { names, vars, plan, buckets })
     }
 
     /// Parameter names in exchange order.
     pub fn names(&self) -> &[String] {
         &self.names
-    }
-
-    pub fn bucket_count(&self) -> usize {
-        self.buckets.len()
-    }
-
-    /// Elements per bucket (the last may hold fewer).
-    pub fn bucket_elems(&self) -> usize {
-        self.bucket_elems
     }
 
     /// True when the buckets live in shared memory (all ranks on one host).

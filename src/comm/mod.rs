@@ -31,19 +31,6 @@ pub enum WireBuf<'a> {
     F32(&'a mut [f32]),
 }
 
-impl WireBuf<'_> {
-    pub fn len(&self) -> usize {
-        match self {
-            WireBuf::F16(b) => b.len(),
-            WireBuf::Bf16(b) => b.len(),
-            WireBuf::F32(b) => b.len(),
-        }
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// What every rank of a data-parallel job calls, in the same order on every rank.
 pub trait Collective {
     /// Who this process is in the job.

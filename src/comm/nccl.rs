@@ -63,10 +63,6 @@ impl NcclCollective {
         &self.stream
     }
 
-    pub fn mpi(&self) -> &MpiCollective {
-        &self.mpi
-    }
-
     /// Host buffers go to the device, are summed there, and come back.
     fn host_round_trip<T: NcclType + cudarc::driver::DeviceRepr + Default + Clone>(&self, buf: &mut [T]) -> anyhow::Result<()> {
         let mut dev = self.stream.clone_htod(buf).map_err(|e| nccl_error("copy to device", e))?;
