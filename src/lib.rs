@@ -5,6 +5,7 @@
 
 pub mod allreduce;
 pub mod comm;
+pub mod data;
 pub mod device;
 pub mod exchange;
 pub mod models;
