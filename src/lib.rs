@@ -9,6 +9,7 @@ pub mod data;
 pub mod device;
 pub mod exchange;
 pub mod models;
+pub mod optim;
 pub mod output;
 pub mod params;
 pub mod report_table;

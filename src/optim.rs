@@ -1,0 +1,207 @@
+//! SGD with momentum, Nesterov and weight decay, as PyTorch defines it, and the
+//! learning-rate schedules of ImageNet training.
+//!
+//! Per parameter p with gradient g (PyTorch's `torch.optim.SGD`, dampening 0):
+//!   d = g + wd * p                  (no decay on biases and norm parameters)
+//!   b = d on the first step, else momentum * b + d
+//!   d = d + momentum * b (Nesterov)  or  d = b
+//!   p = p - lr * d
+//! Written in candle tensor ops, so the same code runs on CPU and GPU.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use serde::Serialize;
+
+/// SGD's settings.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct SgdConfig {
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+}
+
+impl Default for SgdConfig {
+    /// What ImageNet training uses: momentum 0.9, weight decay 1e-4.
+    fn default() -> Self {
+        Self { momentum: 0.9, nesterov: false, weight_decay: 1e-4 }
+    }
+}
+
+impl SgdConfig {
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!((0.0..1.0).contains(&self.momentum), "--momentum {}: must be in [0, 1)", self.momentum);
+        anyhow::ensure!(self.weight_decay >= 0.0, "--weight-decay {}: must be 0 or more", self.weight_decay);
+        anyhow::ensure!(!self.nesterov || self.momentum > 0.0, "--nesterov needs --momentum above 0");
+        Ok(())
+    }
+}
+
+/// True for parameters that get weight decay: weights of convolutions and
+/// linear layers (2 or more dimensions), not biases or norm scales and shifts.
+pub fn decays(var: &Var) -> bool {
+    var.rank() >= 2
+}
+
+pub struct Sgd {
+    params: Vec<(String, Var)>,
+    momentum_buffers: Vec<Option<Tensor>>,
+    cfg: SgdConfig,
+}
+
+impl Sgd {
+    pub fn new(params: Vec<(String, Var)>, cfg: SgdConfig) -> anyhow::Result<Self> {
+        cfg.check()?;
+        let momentum_buffers = vec![None; params.len()];
+        Ok(Self { params, momentum_buffers, cfg })
+    }
+
+    /// One update with learning rate `lr`. Parameters without a gradient are
+    /// left as they are (and their momentum is not advanced).
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> candle_core::Result<()> {
+        let m = self.cfg.momentum;
+        for ((_, var), buf) in self.params.iter().zip(self.momentum_buffers.iter_mut()) {
+            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let p = var.as_tensor();
+            let mut d = g.clone();
+            if self.cfg.weight_decay > 0.0 && decays(var) {
+                d = (d + (p * self.cfg.weight_decay)?)?;
+            }
+            if m > 0.0 {
+                let b = match buf.take() {
+                    None => d.clone(),
+                    Some(b) => ((b * m)? + &d)?,
+                };
+                d = if self.cfg.nesterov { (d + (&b * m)?)? } else { b.clone() };
+                *buf = Some(b);
+            }
+            var.set(&(p - (d * lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// How the learning rate changes over training.
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The base rate throughout
+    Const,
+    /// Times 0.1 every 30 epochs (ResNet's ImageNet recipe)
+    Step,
+    /// Half a cosine from the base rate to 0 over the run
+    Cosine,
+}
+
+/// The learning rate at any point of a run.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct LrPlan {
+    pub base: f64,
+    pub schedule: LrSchedule,
+    /// Linear ramp from 0 to `base` over these epochs (Goyal et al., 2017).
+    pub warmup_epochs: f64,
+    pub total_epochs: f64,
+    pub step_every_epochs: f64,
+    pub step_gamma: f64,
+}
+
+impl LrPlan {
+    pub fn new(base: f64, schedule: LrSchedule, warmup_epochs: f64, total_epochs: f64) -> Self {
+        Self { base, schedule, warmup_epochs, total_epochs, step_every_epochs: 30.0, step_gamma: 0.1 }
+    }
+
+    /// The rate for the step that ends at `epoch` (fractional: step / steps per epoch).
+    pub fn at(&self, epoch: f64) -> f64 {
+        let scheduled = match self.schedule {
+            LrSchedule::Const => self.base,
+            LrSchedule::Step => self.base * self.step_gamma.powf((epoch / self.step_every_epochs).floor()),
+            LrSchedule::Cosine => {
+                let t = (epoch / self.total_epochs.max(f64::MIN_POSITIVE)).clamp(0.0, 1.0);
+                self.base * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        };
+        if epoch < self.warmup_epochs {
+            scheduled * (epoch / self.warmup_epochs)
+        } else {
+            scheduled
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// PyTorch's update written out per scalar, for comparison.
+    fn reference(p0: &[f64], grads: &[Vec<f64>], lr: f64, cfg: SgdConfig, decay: bool) -> Vec<f64> {
+        let mut p = p0.to_vec();
+        let mut b: Option<Vec<f64>> = None;
+        for g in grads {
+            let d: Vec<f64> = p.iter().zip(g).map(|(p, g)| g + if decay { cfg.weight_decay * p } else { 0.0 }).collect();
+            let nb: Vec<f64> = match &b {
+                None => d.clone(),
+                Some(b) => b.iter().zip(&d).map(|(b, d)| cfg.momentum * b + d).collect(),
+            };
+            let step: Vec<f64> = if cfg.nesterov { d.iter().zip(&nb).map(|(d, b)| d + cfg.momentum * b).collect() } else { nb.clone() };
+            b = Some(nb);
+            for (p, s) in p.iter_mut().zip(step) {
+                *p -= lr * s;
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn matches_pytorch_update_for_weights_and_biases() {
+        let dev = Device::Cpu;
+        for cfg in [
+            SgdConfig::default(),
+            SgdConfig { momentum: 0.9, nesterov: true, weight_decay: 5e-4 },
+            SgdConfig { momentum: 0.0, nesterov: false, weight_decay: 0.0 },
+        ] {
+            let w0 = vec![0.5, -1.0, 2.0, 0.25];
+            let weight = Var::from_tensor(&Tensor::from_vec(w0.clone(), (2, 2), &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::from_vec(w0.clone(), 4, &dev).unwrap()).unwrap();
+            let mut sgd = Sgd::new(vec![("w".into(), weight.clone()), ("b".into(), bias.clone())], cfg).unwrap();
+            let grads: Vec<Vec<f64>> = (0..4).map(|s| (0..4).map(|i| (i as f64 - 1.5) * (s as f64 + 1.0) * 0.1).collect()).collect();
+            for g in &grads {
+                let mut store = GradStore::default();
+                store.insert(weight.as_tensor(), Tensor::from_vec(g.clone(), (2, 2), &dev).unwrap());
+                store.insert(bias.as_tensor(), Tensor::from_vec(g.clone(), 4, &dev).unwrap());
+                sgd.step(&store, 0.1).unwrap();
+            }
+            let got_w: Vec<f64> = weight.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let got_b: Vec<f64> = bias.as_tensor().to_vec1().unwrap();
+            for (g, r) in got_w.iter().zip(reference(&w0, &grads, 0.1, cfg, true)) {
+                assert!((g - r).abs() < 1e-12, "{cfg:?} weight: {g} vs {r}");
+            }
+            for (g, r) in got_b.iter().zip(reference(&w0, &grads, 0.1, cfg, false)) {
+                assert!((g - r).abs() < 1e-12, "{cfg:?} bias (no decay): {g} vs {r}");
+            }
+        }
+        let v = Var::zeros(3, DType::F32, &dev).unwrap();
+        assert!(!decays(&v));
+    }
+
+    #[test]
+    fn schedules_and_warmup() {
+        let c = LrPlan::new(0.1, LrSchedule::Const, 0.0, 90.0);
+        assert_eq!(c.at(50.0), 0.1);
+        let s = LrPlan::new(0.1, LrSchedule::Step, 0.0, 90.0);
+        assert!((s.at(29.9) - 0.1).abs() < 1e-15 && (s.at(30.0) - 0.01).abs() < 1e-15 && (s.at(65.0) - 0.001).abs() < 1e-15);
+        let k = LrPlan::new(0.1, LrSchedule::Cosine, 0.0, 10.0);
+        assert!((k.at(0.0) - 0.1).abs() < 1e-15 && (k.at(5.0) - 0.05).abs() < 1e-12 && k.at(10.0).abs() < 1e-15);
+        let w = LrPlan::new(0.4, LrSchedule::Const, 5.0, 90.0);
+        assert!((w.at(1.0) - 0.08).abs() < 1e-15 && (w.at(5.0) - 0.4).abs() < 1e-15);
+    }
+
+    #[test]
+    fn bad_settings_name_the_flag() {
+        let e = SgdConfig { momentum: 1.5, ..Default::default() }.check().unwrap_err().to_string();
+        assert!(e.contains("--momentum 1.5"), "{e}");
+        let e = SgdConfig { weight_decay: -1.0, ..Default::default() }.check().unwrap_err().to_string();
+        assert!(e.contains("--weight-decay -1"), "{e}");
+        let e = SgdConfig { momentum: 0.0, nesterov: true, weight_decay: 0.0 }.check().unwrap_err().to_string();
+        assert!(e.contains("--nesterov"), "{e}");
+    }
+}
