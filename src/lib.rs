@@ -15,3 +15,4 @@ pub mod params;
 pub mod report_table;
 pub mod rng;
 pub mod threads;
+pub mod train;

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use candle_mpi::allreduce::{self, AllreduceConfig};
 use candle_mpi::comm::{Collective, MpiCollective, Transport, World};
 use candle_mpi::exchange::GradDtype;
+use candle_mpi::data::DataSpec;
+use candle_mpi::device::{self, DeviceKind};
 use candle_mpi::models::{summarize, ModelConfig, ModelKind, ModelSummary};
+use candle_mpi::optim::{LrPlan, LrSchedule, SgdConfig};
+use candle_mpi::train::{self, TrainConfig};
 use candle_mpi::{output, report_table, threads};
 
 /// Data-parallel CNN training with candle, and the speed-up study around it.
@@ -24,6 +28,9 @@ use candle_mpi::{output, report_table, threads};
 ///   candle-mpi models --image-size 64 --json
 ///   mpirun -np 2 candle-mpi allreduce --baseline --check
 ///                                           fp16 all-reduce bandwidth vs MPI f32
+///   mpirun -np 2 candle-mpi train --model small --data mnist:tests/data/digits \
+///       --image-size 8 --classes 10 --batch-size 16 --epochs 15
+///                                           data-parallel training on 2 ranks
 #[derive(Parser)]
 #[command(name = "candle-mpi", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -71,6 +78,92 @@ enum Command {
     /// is the ratio of the first two.
     #[command(verbatim_doc_comment)]
     Allreduce(AllreduceArgs),
+    /// Train a network data-parallel: alone, or one process per worker under mpirun.
+    ///
+    /// Every rank builds the same network (same --seed), takes rank 0's weights,
+    /// reads its own shard of each epoch (shuffled identically on every rank),
+    /// and after each backward pass averages gradients with the others in
+    /// --grad-dtype. A step whose averaged gradient holds inf or NaN is skipped on
+    /// every rank and counted. Rank 0 prints progress and a summary; --out writes
+    /// the summary as JSON.
+    ///
+    /// Times: compute (data, forward, backward, optimizer), wait (barrier before
+    /// the exchange: the slowest rank's lead), comm (the gradient exchange). The
+    /// first step is reported apart (warm-up).
+    #[command(verbatim_doc_comment)]
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Network to train
+    #[arg(long, value_enum)]
+    model: ModelKind,
+    /// Where each rank computes
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+    /// Data: synthetic (generated from --seed) or mnist:DIR (IDX files, raw or gzip)
+    #[arg(long, default_value = "synthetic")]
+    data: DataSpec,
+    /// Samples per epoch of synthetic data
+    #[arg(long, default_value_t = 1024)]
+    synthetic_size: usize,
+    /// Images per rank per step
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Input side in pixels [default: the network's own]
+    #[arg(long, value_name = "PIXELS")]
+    image_size: Option<usize>,
+    /// Classes of the classifier
+    #[arg(long, default_value_t = 10, value_name = "K")]
+    classes: usize,
+    /// Epochs to train
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Stop after this many steps instead
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Base learning rate (per global batch of this world, unless --scale-lr)
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    /// Multiply --lr by the number of ranks (the linear scaling rule)
+    #[arg(long)]
+    scale_lr: bool,
+    #[arg(long, value_enum, default_value_t = LrSchedule::Const)]
+    lr_schedule: LrSchedule,
+    /// Epochs of linear warm-up from 0 to the learning rate
+    #[arg(long, default_value_t = 0.0)]
+    warmup_epochs: f64,
+    /// SGD momentum
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Nesterov momentum
+    #[arg(long)]
+    nesterov: bool,
+    /// L2 weight decay (not on biases or norm parameters)
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    /// Dropout of the classifier [default: the network's own]
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// Element type gradients travel in
+    #[arg(long, value_enum, default_value_t = GradDtype::F16)]
+    grad_dtype: GradDtype,
+    /// Size of a gradient bucket, in MiB
+    #[arg(long, default_value_t = 25.0)]
+    bucket_mb: f64,
+    /// How ranks on one host exchange
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    transport: Transport,
+    /// Seed of weights, shuffling and synthetic data
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print a progress line every N steps (rank 0)
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+    /// Directory for summary.json (created; an existing summary is never overwritten)
+    #[arg(long, value_name = "DIR")]
+    out: Option<std::path::PathBuf>,
 }
 
 /// Which library carries the collectives.
@@ -249,11 +342,82 @@ fn run_allreduce_nccl(
     unreachable!("refused before MPI starts in a build without the cuda feature")
 }
 
+fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
+    let image_size = args.image_size.unwrap_or(args.model.default_image_size());
+    args.model.check(&ModelConfig { dropout: args.dropout, ..ModelConfig::new(args.classes, image_size) })?;
+    anyhow::ensure!(args.bucket_mb > 0.0, "--bucket-mb {}: must be above 0", args.bucket_mb);
+    anyhow::ensure!(args.lr > 0.0, "--lr {}: must be above 0", args.lr);
+    let summary_path = match &args.out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--out {}: cannot create the directory: {e}", dir.display()))?;
+            let path = dir.join("summary.json");
+            output::check_new_file(&path, "--out")?;
+            Some(path)
+        }
+        None => None,
+    };
+    let comm = MpiCollective::new(World::init()?);
+    let info = comm.info().clone();
+    let dev = device::select(args.device, &info)?;
+    let lr = if args.scale_lr { args.lr * info.size as f64 } else { args.lr };
+    let cfg = TrainConfig {
+        model: args.model,
+        image_size,
+        classes: args.classes,
+        batch_size: args.batch_size,
+        epochs: args.epochs,
+        steps: args.steps,
+        lr: LrPlan::new(lr, args.lr_schedule, args.warmup_epochs, args.epochs as f64),
+        sgd: SgdConfig { momentum: args.momentum, nesterov: args.nesterov, weight_decay: args.weight_decay },
+        grad_dtype: args.grad_dtype,
+        bucket_bytes: (args.bucket_mb * 1024.0 * 1024.0) as usize,
+        transport: args.transport,
+        seed: args.seed,
+        data: args.data.clone(),
+        synthetic_len: args.synthetic_size,
+        dropout: args.dropout,
+    };
+    let lead = info.rank == 0;
+    if lead {
+        println!(
+            "training {} on {} rank(s) x {} images, {} px, {} classes, lr {lr}, gradients in {}",
+            cfg.model, info.size, cfg.batch_size, cfg.image_size, cfg.classes, cfg.grad_dtype.name()
+        );
+    }
+    let log_every = args.log_every.max(1);
+    let s = train::run(&cfg, &comm, &dev, |step, total, loss, skipped| {
+        if lead && ((step + 1) % log_every == 0 || step + 1 == total) {
+            println!("step {:>6}/{total}  loss {loss:.4}{}", step + 1, if skipped { "  (skipped: non-finite gradient)" } else { "" });
+        }
+        if skipped && !lead {
+            eprintln!("rank {}: step {} skipped: non-finite gradient after the exchange", info.rank, step + 1);
+        }
+    })?;
+    if lead {
+        let busy = (s.compute_s + s.wait_s + s.comm_s).max(1e-12);
+        let val = match s.val_accuracy {
+            Some(a) => format!(", validation accuracy {:.1}% on {} images", a * 100.0, s.val_images),
+            None => String::new(),
+        };
+        println!(
+            "done: {} steps in {:.1} s, {:.1} images/s after the first step (compute {:.0}%, wait {:.0}%, comm {:.0}%), {} skipped, final loss {:.4}{val}",
+            s.steps, s.seconds + s.first_step_s, s.images_per_s,
+            100.0 * s.compute_s / busy, 100.0 * s.wait_s / busy, 100.0 * s.comm_s / busy, s.skipped_steps, s.final_loss
+        );
+        if let Some(path) = summary_path {
+            output::write_atomic(&path, serde_json::to_string_pretty(&s)?.as_bytes())?;
+            println!("summary written to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = threads::configure(cli.global.threads).and_then(|_| match &cli.command {
         Command::Models(args) => run_models(args),
         Command::Allreduce(args) => run_allreduce(args),
+        Command::Train(args) => run_train(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

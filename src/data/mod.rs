@@ -1,11 +1,105 @@
-//! Data sets. Today: MNIST-layout directories of IDX files (MNIST itself, and
-//! the 8x8 UCI digits the tests ship under tests/data/digits).
+//! Data sets: `synthetic` (generated from the seed and each sample's global
+//! index, so every world size sees the same data) and MNIST-layout directories
+//! of IDX files (MNIST itself, and the 8x8 UCI digits under tests/data/digits).
 
 pub mod idx;
+pub mod sampler;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
 
 use self::idx::read_idx;
+use crate::rng::Rng;
+
+/// What `--data` names.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataSpec {
+    Synthetic,
+    Mnist(PathBuf),
+}
+
+impl std::str::FromStr for DataSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "synthetic" => Ok(DataSpec::Synthetic),
+            Some(("mnist", dir)) if !dir.is_empty() => Ok(DataSpec::Mnist(PathBuf::from(dir))),
+            _ => Err(format!("'{s}' is not a data source: use synthetic or mnist:DIR")),
+        }
+    }
+}
+
+/// Samples the trainer can read: images of `channels` x `size` x `size` in
+/// [0, 1] (or standard normal for synthetic data) and a class label.
+pub trait Dataset: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn channels(&self) -> usize;
+    /// Writes sample `i` into `out` (channels * size * size values) and returns its label.
+    fn sample(&self, i: usize, size: usize, out: &mut [f32]) -> u32;
+}
+
+/// Random images and labels, a pure function of (seed, index).
+pub struct Synthetic {
+    pub len: usize,
+    pub classes: usize,
+    pub seed: u64,
+}
+
+impl Dataset for Synthetic {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn channels(&self) -> usize {
+        3
+    }
+    fn sample(&self, i: usize, _size: usize, out: &mut [f32]) -> u32 {
+        let mut rng = Rng::keyed(self.seed, 0xda7a_0000_0000 ^ i as u64);
+        for v in out.iter_mut() {
+            *v = rng.normal() as f32;
+        }
+        rng.below(self.classes as u64) as u32
+    }
+}
+
+impl Dataset for LabelledImages {
+    fn len(&self) -> usize {
+        self.count
+    }
+    fn channels(&self) -> usize {
+        self.channels
+    }
+    /// Pixels / 255, resized by nearest neighbour when `size` differs.
+    fn sample(&self, i: usize, size: usize, out: &mut [f32]) -> u32 {
+        let (c, h, w) = (self.channels, self.height, self.width);
+        let img = &self.images[i * c * h * w..(i + 1) * c * h * w];
+        for ch in 0..c {
+            for y in 0..size {
+                for x in 0..size {
+                    let (sy, sx) = (y * h / size, x * w / size);
+                    out[(ch * size + y) * size + x] = img[(ch * h + sy) * w + sx] as f32 / 255.0;
+                }
+            }
+        }
+        self.labels[i] as u32
+    }
+}
+
+/// Stacks samples `indices` of `ds` into an (N, C, size, size) tensor and labels.
+pub fn batch(ds: &dyn Dataset, indices: &[usize], size: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let per = ds.channels() * size * size;
+    let mut x = vec![0f32; indices.len() * per];
+    let mut y = Vec::with_capacity(indices.len());
+    for (k, &i) in indices.iter().enumerate() {
+        y.push(ds.sample(i, size, &mut x[k * per..(k + 1) * per]));
+    }
+    let x = Tensor::from_vec(x, (indices.len(), ds.channels(), size, size), &Device::Cpu)?.to_device(device)?;
+    let y = Tensor::from_vec(y, indices.len(), &Device::Cpu)?.to_device(device)?;
+    Ok((x, y))
+}
 
 /// Images (N, C, H, W) as bytes and their labels.
 #[derive(Clone, Debug)]

@@ -1,0 +1,202 @@
+//! The data-parallel step loop: the same code on one process or N under mpirun.
+//!
+//! Before step 1 rank 0's parameters and buffers are broadcast. Each step every
+//! rank reads its shard of the global batch, runs forward and backward
+//! (compute), waits at a barrier for the slowest rank (wait: the load imbalance
+//! Theano-MPI calls wait), exchanges gradients (comm) and applies SGD, unless
+//! the exchange found a non-finite value, in which case every rank skips it.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::comm::{Collective, Transport};
+use crate::data::{batch, load_mnist, sampler::shard, DataSpec, Dataset, Split, Synthetic};
+use crate::exchange::{GradDtype, GradExchange};
+use crate::models::{ModelConfig, ModelKind, Network};
+use crate::optim::{LrPlan, Sgd, SgdConfig};
+use crate::params::ParamStore;
+
+/// Everything a run is asked to do.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub model: ModelKind,
+    pub image_size: usize,
+    pub classes: usize,
+    /// Images per rank per step.
+    pub batch_size: usize,
+    pub epochs: usize,
+    /// Stop after this many steps, whatever the epochs.
+    pub steps: Option<usize>,
+    pub lr: LrPlan,
+    pub sgd: SgdConfig,
+    pub grad_dtype: GradDtype,
+    pub bucket_bytes: usize,
+    pub transport: Transport,
+    pub seed: u64,
+    pub data: DataSpec,
+    /// Samples per epoch of synthetic data.
+    pub synthetic_len: usize,
+    pub dropout: Option<f32>,
+}
+
+/// What a run reports (rank 0 writes it; times are this rank's, in seconds).
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub model: ModelKind,
+    pub world_size: usize,
+    pub batch_per_rank: usize,
+    pub steps: usize,
+    pub images: usize,
+    /// Wall time of all steps but the first (warm-up), and throughput over them.
+    pub seconds: f64,
+    pub images_per_s: f64,
+    pub first_step_s: f64,
+    pub compute_s: f64,
+    pub wait_s: f64,
+    pub comm_s: f64,
+    pub skipped_steps: usize,
+    pub final_loss: f32,
+    /// Fraction right on the test split (MNIST-layout data), over `val_images`.
+    pub val_accuracy: Option<f64>,
+    pub val_images: usize,
+}
+
+fn open_data(cfg: &TrainConfig, split: Split) -> anyhow::Result<Box<dyn Dataset>> {
+    Ok(match &cfg.data {
+        DataSpec::Synthetic => Box::new(Synthetic { len: cfg.synthetic_len, classes: cfg.classes, seed: cfg.seed }),
+        DataSpec::Mnist(dir) => {
+            let d = load_mnist(dir, split)?;
+            d.check_labels(cfg.classes, &format!("--data mnist:{}", dir.display()))?;
+            Box::new(d)
+        }
+    })
+}
+
+/// Copies every variable (parameters and buffers) of rank 0 to all ranks.
+fn broadcast_from_rank0(store: &ParamStore, comm: &dyn Collective, only_buffers: bool) -> anyhow::Result<()> {
+    for (name, var) in store.all_sorted() {
+        if only_buffers && !crate::params::is_buffer(&name) {
+            continue;
+        }
+        let t = var.as_tensor();
+        let mut values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        comm.broadcast_f32(&mut values, 0)?;
+        var.set(&Tensor::from_vec(values, t.shape(), &Device::Cpu)?.to_device(t.device())?.to_dtype(t.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// Accuracy on the test split, each rank on its shard; every rank gets the total.
+fn evaluate(net: &dyn Network, cfg: &TrainConfig, ds: &dyn Dataset, comm: &dyn Collective, device: &Device) -> anyhow::Result<(f64, usize)> {
+    let info = comm.info();
+    let mine = shard(ds.len(), 0, cfg.seed, info.rank, info.size, false);
+    let mut correct = 0u64;
+    for chunk in mine.chunks(cfg.batch_size.max(1)) {
+        let (x, y) = batch(ds, chunk, cfg.image_size, device)?;
+        let pred = net.forward_t(&x, false)?.argmax(1)?;
+        correct += pred.eq(&y)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as u64;
+    }
+    let correct: u64 = comm.all_gather_u64(correct)?.iter().sum();
+    let seen = mine.len() * info.size;
+    Ok((correct as f64 / seen.max(1) as f64, seen))
+}
+
+/// Trains; `on_step(step, loss, skipped)` sees every step (rank 0 prints from it).
+pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_step: impl FnMut(usize, usize, f32, bool)) -> anyhow::Result<TrainSummary> {
+    anyhow::ensure!(cfg.batch_size >= 1, "--batch-size {}: need at least 1 image per rank", cfg.batch_size);
+    let info = comm.info().clone();
+    let train_data = open_data(cfg, Split::Train)?;
+    let model_cfg = ModelConfig {
+        in_channels: train_data.channels(),
+        dropout: cfg.dropout,
+        ..ModelConfig::new(cfg.classes, cfg.image_size)
+    };
+    let store = ParamStore::new(cfg.seed);
+    let net = cfg.model.build(&model_cfg, store.var_builder(DType::F32, device))?;
+    broadcast_from_rank0(&store, comm, false)?;
+
+    let params = store.trainable_sorted();
+    let mut exchange = GradExchange::new(&params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport)?;
+    let mut sgd = Sgd::new(params, cfg.sgd)?;
+
+    let per_rank = train_data.len() / info.size;
+    let steps_per_epoch = per_rank / cfg.batch_size;
+    anyhow::ensure!(
+        steps_per_epoch >= 1,
+        "--batch-size {}: each of the {} rank(s) gets {} samples per epoch, fewer than one batch",
+        cfg.batch_size,
+        info.size,
+        per_rank
+    );
+    let total_steps = cfg.steps.unwrap_or(steps_per_epoch * cfg.epochs.max(1));
+
+    let (mut compute_s, mut wait_s, mut comm_s, mut first_step_s) = (0.0, 0.0, 0.0, 0.0);
+    let (mut skipped, mut final_loss) = (0usize, f32::NAN);
+    let mut order = vec![];
+    let start = Instant::now();
+    let mut after_first = start;
+    for step in 0..total_steps {
+        let epoch = step / steps_per_epoch;
+        if step % steps_per_epoch == 0 {
+            order = shard(train_data.len(), epoch as u64, cfg.seed, info.rank, info.size, true);
+        }
+        let at = (step % steps_per_epoch) * cfg.batch_size;
+        let t0 = Instant::now();
+        let (x, y) = batch(train_data.as_ref(), &order[at..at + cfg.batch_size], cfg.image_size, device)?;
+        let loss = candle_nn::loss::cross_entropy(&net.forward_t(&x, true)?, &y)?;
+        let mut grads = loss.backward()?;
+        final_loss = loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        comm.barrier()?;
+        let t2 = Instant::now();
+        let report = exchange.exchange(&mut grads, comm)?;
+        let t3 = Instant::now();
+        if report.skipped() {
+            skipped += 1;
+        } else {
+            sgd.step(&grads, cfg.lr.at((step + 1) as f64 / steps_per_epoch as f64))?;
+        }
+        let t4 = Instant::now();
+        if step == 0 {
+            first_step_s = (t4 - t0).as_secs_f64();
+            after_first = t4;
+        } else {
+            compute_s += (t1 - t0).as_secs_f64() + (t4 - t3).as_secs_f64();
+            wait_s += (t2 - t1).as_secs_f64();
+            comm_s += (t3 - t2).as_secs_f64();
+        }
+        on_step(step, total_steps, final_loss, report.skipped());
+    }
+    let seconds = if total_steps > 1 { after_first.elapsed().as_secs_f64() } else { first_step_s };
+    let timed_images = (total_steps.saturating_sub(1)).max(1) * cfg.batch_size * info.size;
+
+    let (val_accuracy, val_images) = match cfg.data {
+        DataSpec::Mnist(_) => {
+            // Batch-norm statistics differ per rank: evaluate rank 0's, as DDP does.
+            broadcast_from_rank0(&store, comm, true)?;
+            let test = open_data(cfg, Split::Test)?;
+            let (acc, n) = evaluate(net.as_ref(), cfg, test.as_ref(), comm, device)?;
+            (Some(acc), n)
+        }
+        DataSpec::Synthetic => (None, 0),
+    };
+    Ok(TrainSummary {
+        model: cfg.model,
+        world_size: info.size,
+        batch_per_rank: cfg.batch_size,
+        steps: total_steps,
+        images: total_steps * cfg.batch_size * info.size,
+        seconds,
+        images_per_s: timed_images as f64 / seconds.max(1e-12),
+        first_step_s,
+        compute_s,
+        wait_s,
+        comm_s,
+        skipped_steps: skipped,
+        final_loss,
+        val_accuracy,
+        val_images,
+    })
+}

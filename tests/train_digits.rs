@@ -1,0 +1,91 @@
+//! `candle-mpi train` learns the shipped 8x8 digits to at least 90% validation
+//! accuracy, alone and on 2 ranks under mpirun; and refuses bad input clearly.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_candle-mpi");
+
+fn digits_args(out: &str) -> Vec<String> {
+    let data = format!("mnist:{}/tests/data/digits", env!("CARGO_MANIFEST_DIR"));
+    ["train", "--model", "small", "--data", &data, "--image-size", "8", "--classes", "10", "--batch-size", "16", "--epochs", "10", "--log-every", "1000", "--out", out]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn fresh_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("candle-mpi-train-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn summary(dir: &PathBuf) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn learns_digits_on_one_rank() {
+    let out = fresh_dir("1");
+    let args = digits_args(out.to_str().unwrap());
+    let o = Command::new(BIN).args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = summary(&out);
+    assert_eq!(s["world_size"], 1);
+    assert_eq!(s["skipped_steps"], 0);
+    let acc = s["val_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.90, "validation accuracy {acc}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("validation accuracy"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn learns_digits_on_two_ranks() {
+    let out = fresh_dir("2");
+    let args = digits_args(out.to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let run = common::mpirun(2, BIN, &args, Duration::from_secs(120));
+    common::assert_ok(&run, "train on 2 ranks");
+    let s = summary(&out);
+    assert_eq!(s["world_size"], 2);
+    // 1,438 images, 2 ranks of 16 per step: 44 steps per epoch.
+    assert_eq!(s["steps"], 440);
+    let acc = s["val_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.90, "validation accuracy {acc}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+fn refused(args: &[&str]) -> String {
+    let o = Command::new(BIN).args(args).output().unwrap();
+    assert!(!o.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_input_is_refused_by_name() {
+    let e = refused(&["train", "--model", "small", "--data", "mnist:/no/such/dir", "--image-size", "8"]);
+    assert!(e.contains("mnist:/no/such/dir") && e.contains("no such directory"), "{e}");
+    let e = refused(&["train", "--model", "small", "--data", "imagenet"]);
+    assert!(e.contains("'imagenet' is not a data source"), "{e}");
+    let digits = format!("mnist:{}/tests/data/digits", env!("CARGO_MANIFEST_DIR"));
+    let e = refused(&["train", "--model", "small", "--data", &digits, "--image-size", "8", "--classes", "5"]);
+    assert!(e.contains("beyond --classes 5"), "{e}");
+    let e = refused(&["train", "--model", "small", "--device", "cuda", "--steps", "1"]);
+    assert!(e.contains("--device cuda") && e.contains("--features cuda"), "{e}");
+    let e = refused(&["train", "--model", "small", "--batch-size", "4096", "--steps", "1"]);
+    assert!(e.contains("--batch-size 4096"), "{e}");
+    let e = refused(&["train", "--model", "vgg16", "--image-size", "16"]);
+    assert!(e.contains("--image-size 16"), "{e}");
+
+    // An existing summary is never overwritten.
+    let out = fresh_dir("keep");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("summary.json"), "keep me").unwrap();
+    let e = refused(&["train", "--model", "small", "--steps", "1", "--out", out.to_str().unwrap()]);
+    assert!(e.contains("exists"), "{e}");
+    assert_eq!(std::fs::read_to_string(out.join("summary.json")).unwrap(), "keep me");
+    std::fs::remove_dir_all(&out).unwrap();
+}
