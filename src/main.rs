@@ -158,6 +158,10 @@ struct TrainArgs {
     /// Seed of weights, shuffling and synthetic data
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Every K steps, check that all ranks hold identical parameters (a hash
+    /// all-gathered) and stop naming the ranks that differ
+    #[arg(long, value_name = "K")]
+    verify_sync: Option<usize>,
     /// Print a progress line every N steps (rank 0)
     #[arg(long, default_value_t = 10)]
     log_every: usize,
@@ -376,6 +380,7 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         data: args.data.clone(),
         synthetic_len: args.synthetic_size,
         dropout: args.dropout,
+        verify_sync: args.verify_sync,
     };
     let lead = info.rank == 0;
     if lead {
@@ -404,6 +409,8 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
             s.steps, s.seconds + s.first_step_s, s.images_per_s,
             100.0 * s.compute_s / busy, 100.0 * s.wait_s / busy, 100.0 * s.comm_s / busy, s.skipped_steps, s.final_loss
         );
+        let peak = s.peak_rss_mib.iter().fold(0.0f64, |a, b| a.max(*b));
+        println!("peak resident memory: {peak:.0} MiB on the largest of {} rank(s)", s.peak_rss_mib.len());
         if let Some(path) = summary_path {
             output::write_atomic(&path, serde_json::to_string_pretty(&s)?.as_bytes())?;
             println!("summary written to {}", path.display());

@@ -39,6 +39,39 @@ pub struct TrainConfig {
     /// Samples per epoch of synthetic data.
     pub synthetic_len: usize,
     pub dropout: Option<f32>,
+    /// Every this many steps, check that all ranks hold identical parameters.
+    pub verify_sync: Option<usize>,
+}
+
+/// A test aid: `CANDLE_MPI_FAULT=desync:RANK:STEP` nudges rank RANK's first
+/// parameter after step STEP, so that tests can show `--verify-sync` catching it.
+fn injected_desync() -> Option<(usize, usize)> {
+    let spec = std::env::var("CANDLE_MPI_FAULT").ok()?;
+    let mut parts = spec.split(':');
+    match (parts.next(), parts.next().and_then(|r| r.parse().ok()), parts.next().and_then(|s| s.parse().ok())) {
+        (Some("desync"), Some(rank), Some(step)) => Some((rank, step)),
+        _ => None,
+    }
+}
+
+/// FNV-1a over the bits of every trainable parameter, in name order.
+fn parameter_hash(params: &[(String, candle_core::Var)]) -> anyhow::Result<u64> {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for (_, var) in params {
+        let values: Vec<f32> = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        for v in values {
+            h = (h ^ v.to_bits() as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    Ok(h)
+}
+
+/// Peak resident memory of this process in MiB (Linux VmHWM), 0 where unknown.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// What a run reports (rank 0 writes it; times are this rank's, in seconds).
@@ -61,6 +94,8 @@ pub struct TrainSummary {
     /// Fraction right on the test split (MNIST-layout data), over `val_images`.
     pub val_accuracy: Option<f64>,
     pub val_images: usize,
+    /// Peak resident memory of each rank, MiB, in rank order.
+    pub peak_rss_mib: Vec<f64>,
 }
 
 fn open_data(cfg: &TrainConfig, split: Split) -> anyhow::Result<Box<dyn Dataset>> {
@@ -119,7 +154,8 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
 
     let params = store.trainable_sorted();
     let mut exchange = GradExchange::new(&params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport)?;
-    let mut sgd = Sgd::new(params, cfg.sgd)?;
+    let mut sgd = Sgd::new(params.clone(), cfg.sgd)?;
+    let desync = injected_desync();
 
     let per_rank = train_data.len() / info.size;
     let steps_per_epoch = per_rank / cfg.batch_size;
@@ -158,6 +194,19 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         } else {
             sgd.step(&grads, cfg.lr.at((step + 1) as f64 / steps_per_epoch as f64))?;
         }
+        if desync == Some((info.rank, step + 1)) {
+            let (_, var) = &params[0];
+            var.set(&(var.as_tensor() + 1e-3)?)?;
+        }
+        if cfg.verify_sync.is_some_and(|k| k > 0 && (step + 1) % k == 0) {
+            let hashes = comm.all_gather_u64(parameter_hash(&params)?)?;
+            let differ: Vec<usize> = (1..hashes.len()).filter(|&r| hashes[r] != hashes[0]).collect();
+            anyhow::ensure!(
+                differ.is_empty(),
+                "--verify-sync: after step {} rank(s) {differ:?} hold parameters that differ from rank 0's; the ranks are out of lock-step",
+                step + 1
+            );
+        }
         let t4 = Instant::now();
         if step == 0 {
             first_step_s = (t4 - t0).as_secs_f64();
@@ -182,6 +231,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         }
         DataSpec::Synthetic => (None, 0),
     };
+    let peak_rss_mib = comm.all_gather_f64(peak_rss_mib())?;
     Ok(TrainSummary {
         model: cfg.model,
         world_size: info.size,
@@ -198,5 +248,6 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         final_loss,
         val_accuracy,
         val_images,
+        peak_rss_mib,
     })
 }

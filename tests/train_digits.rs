@@ -58,6 +58,31 @@ fn learns_digits_on_two_ranks() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+#[test]
+fn verify_sync_names_a_rank_that_drifts() {
+    let clean = ["train", "--model", "small", "--steps", "6", "--batch-size", "8", "--verify-sync", "2", "--log-every", "100"];
+    let run = common::mpirun(2, BIN, &clean, Duration::from_secs(120));
+    common::assert_ok(&run, "clean run with --verify-sync");
+
+    // The test aid nudges rank 1's weights after step 3; the check after step 4 must stop the job.
+    let run = common::mpirun_env(2, BIN, &clean, &[("CANDLE_MPI_FAULT", "desync:1:3")], Duration::from_secs(120));
+    assert!(!run.success, "a drifted rank must fail the run:\n{}", run.output);
+    assert!(run.output.contains("after step 4 rank(s) [1]") && run.output.contains("out of lock-step"), "{}", run.output);
+}
+
+#[test]
+fn summary_reports_memory_per_rank() {
+    let out = fresh_dir("mem");
+    let args = ["train", "--model", "small", "--steps", "2", "--batch-size", "4", "--out", out.to_str().unwrap()];
+    let run = common::mpirun(2, BIN, &args, Duration::from_secs(120));
+    common::assert_ok(&run, "memory run");
+    let s = summary(&out);
+    let rss: Vec<f64> = s["peak_rss_mib"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(rss.len(), 2);
+    assert!(rss.iter().all(|m| *m > 1.0), "{rss:?}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 fn refused(args: &[&str]) -> String {
     let o = Command::new(BIN).args(args).output().unwrap();
     assert!(!o.status.success(), "{args:?} should fail");

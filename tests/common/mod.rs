@@ -16,7 +16,13 @@ pub struct Run {
 
 /// `mpirun -np N --oversubscribe PROGRAM ARGS...`, killed after `timeout`.
 pub fn mpirun(np: usize, program: &str, args: &[&str], timeout: Duration) -> Run {
+    mpirun_env(np, program, args, &[], timeout)
+}
+
+/// As `mpirun`, with extra environment variables for this run only.
+pub fn mpirun_env(np: usize, program: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Run {
     let mut cmd = Command::new("mpirun");
+    cmd.envs(env.iter().copied());
     cmd.args(["-np", &np.to_string(), "--oversubscribe"])
         .arg(program)
         .args(args)
