@@ -4,6 +4,7 @@
 //! See `../shared/design.md` for the layout and data flow; `README.md` for use.
 
 pub mod allreduce;
+pub mod checkpoint;
 pub mod comm;
 pub mod data;
 pub mod device;

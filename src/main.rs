@@ -162,6 +162,15 @@ struct TrainArgs {
     /// all-gathered) and stop naming the ranks that differ
     #[arg(long, value_name = "K")]
     verify_sync: Option<usize>,
+    /// Directory of checkpoint.safetensors (rank 0 writes it; --resume reads it)
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<std::path::PathBuf>,
+    /// Write a checkpoint every N steps (and at the end) [default: only at the end]
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
+    /// Continue from the checkpoint in --checkpoint-dir: weights, momentum and step
+    #[arg(long)]
+    resume: bool,
     /// Print a progress line every N steps (rank 0)
     #[arg(long, default_value_t = 10)]
     log_every: usize,
@@ -360,6 +369,11 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    anyhow::ensure!(!args.resume || args.checkpoint_dir.is_some(), "--resume needs --checkpoint-dir DIR");
+    anyhow::ensure!(args.checkpoint_every.is_none() || args.checkpoint_dir.is_some(), "--checkpoint-every needs --checkpoint-dir DIR");
+    if let Some(dir) = &args.checkpoint_dir {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--checkpoint-dir {}: cannot create the directory: {e}", dir.display()))?;
+    }
     let comm = MpiCollective::new(World::init()?);
     let info = comm.info().clone();
     let dev = device::select(args.device, &info)?;
@@ -381,6 +395,9 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         synthetic_len: args.synthetic_size,
         dropout: args.dropout,
         verify_sync: args.verify_sync,
+        checkpoint_dir: args.checkpoint_dir.clone(),
+        checkpoint_every: args.checkpoint_every,
+        resume: args.resume,
     };
     let lead = info.rank == 0;
     if lead {
@@ -404,6 +421,9 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
             Some(a) => format!(", validation accuracy {:.1}% on {} images", a * 100.0, s.val_images),
             None => String::new(),
         };
+        if s.resumed_from_step > 0 {
+            println!("resumed from step {}", s.resumed_from_step);
+        }
         println!(
             "done: {} steps in {:.1} s, {:.1} images/s after the first step (compute {:.0}%, wait {:.0}%, comm {:.0}%), {} skipped, final loss {:.4}{val}",
             s.steps, s.seconds + s.first_step_s, s.images_per_s,

@@ -55,6 +55,16 @@ impl Sgd {
         Ok(Self { params, momentum_buffers, cfg })
     }
 
+    /// The momentum buffers by parameter name (None before a parameter's first step).
+    pub fn momentum(&self) -> Vec<(String, Option<Tensor>)> {
+        self.params.iter().map(|(n, _)| n.clone()).zip(self.momentum_buffers.iter().cloned()).collect()
+    }
+
+    /// Restores parameter `i`'s momentum buffer (from a checkpoint).
+    pub fn set_momentum(&mut self, i: usize, buffer: Option<Tensor>) {
+        self.momentum_buffers[i] = buffer;
+    }
+
     /// One update with learning rate `lr`. Parameters without a gradient are
     /// left as they are (and their momentum is not advanced).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> candle_core::Result<()> {

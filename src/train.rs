@@ -11,6 +11,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
+use crate::checkpoint::{self, CheckpointMeta};
 use crate::comm::{Collective, Transport};
 use crate::data::{batch, load_mnist, sampler::shard, DataSpec, Dataset, Split, Synthetic};
 use crate::exchange::{GradDtype, GradExchange};
@@ -41,6 +42,11 @@ pub struct TrainConfig {
     pub dropout: Option<f32>,
     /// Every this many steps, check that all ranks hold identical parameters.
     pub verify_sync: Option<usize>,
+    /// Where rank 0 writes `checkpoint.safetensors` (every `checkpoint_every`
+    /// steps and at the end), and where `resume` reads it.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    pub checkpoint_every: Option<usize>,
+    pub resume: bool,
 }
 
 /// A test aid: `CANDLE_MPI_FAULT=desync:RANK:STEP` nudges rank RANK's first
@@ -91,6 +97,8 @@ pub struct TrainSummary {
     pub comm_s: f64,
     pub skipped_steps: usize,
     pub final_loss: f32,
+    /// The step a `--resume` run started from (0 for a fresh run).
+    pub resumed_from_step: usize,
     /// Fraction right on the test split (MNIST-layout data), over `val_images`.
     pub val_accuracy: Option<f64>,
     pub val_images: usize,
@@ -123,6 +131,73 @@ fn broadcast_from_rank0(store: &ParamStore, comm: &dyn Collective, only_buffers:
     Ok(())
 }
 
+fn checkpoint_path(cfg: &TrainConfig) -> anyhow::Result<std::path::PathBuf> {
+    let dir = cfg.checkpoint_dir.as_ref().ok_or_else(|| anyhow::anyhow!("--resume needs --checkpoint-dir"))?;
+    Ok(dir.join(checkpoint::FILE_NAME))
+}
+
+fn write_checkpoint(cfg: &TrainConfig, model_cfg: &ModelConfig, store: &ParamStore, sgd: &Sgd, step: usize) -> anyhow::Result<()> {
+    let meta = CheckpointMeta { model: cfg.model.name().to_string(), classes: model_cfg.num_classes, in_channels: model_cfg.in_channels, step };
+    let model: Vec<(String, Tensor)> = store.all_sorted().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let momentum: Vec<(String, Tensor)> = sgd.momentum().into_iter().filter_map(|(n, b)| b.map(|b| (n, b))).collect();
+    checkpoint::save(&checkpoint_path(cfg)?, &meta, &model, &momentum)
+}
+
+/// Rank 0 reads the checkpoint into the model and the optimizer; the model then
+/// travels with the start-up broadcast, momentum and step go out here. A
+/// failure on rank 0 stops every rank (they would otherwise wait in a broadcast).
+fn resume(cfg: &TrainConfig, model_cfg: &ModelConfig, store: &ParamStore, sgd: &mut Sgd, comm: &dyn Collective) -> anyhow::Result<usize> {
+    let rank0 = comm.info().rank == 0;
+    let loaded = if rank0 { Some(load_into(cfg, model_cfg, store, sgd)) } else { None };
+    let ok = comm.all_gather_u64(u64::from(loaded.as_ref().is_none_or(|r| r.is_ok())))?[0] == 1;
+    let step = match loaded {
+        Some(Err(e)) => return Err(e),
+        Some(Ok(step)) => step,
+        None if !ok => anyhow::bail!("rank 0 could not resume from the checkpoint (its error says why)"),
+        None => 0,
+    };
+    // Momentum: which buffers exist, then their values.
+    let mut has: Vec<f32> = sgd.momentum().iter().map(|(_, b)| if b.is_some() { 1.0 } else { 0.0 }).collect();
+    comm.broadcast_f32(&mut has, 0)?;
+    for (i, ((_, var), flag)) in store.trainable_sorted().iter().zip(has).enumerate() {
+        if flag == 0.0 {
+            continue;
+        }
+        let t = var.as_tensor();
+        let mut values: Vec<f32> = match &sgd.momentum()[i].1 {
+            Some(b) => b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+            None => vec![0.0; t.elem_count()],
+        };
+        comm.broadcast_f32(&mut values, 0)?;
+        sgd.set_momentum(i, Some(Tensor::from_vec(values, t.shape(), &Device::Cpu)?.to_device(t.device())?.to_dtype(t.dtype())?));
+    }
+    Ok(comm.all_gather_u64(step as u64)?[0] as usize)
+}
+
+fn load_into(cfg: &TrainConfig, model_cfg: &ModelConfig, store: &ParamStore, sgd: &mut Sgd) -> anyhow::Result<usize> {
+    let path = checkpoint_path(cfg)?;
+    anyhow::ensure!(path.is_file(), "--resume: no checkpoint at {}", path.display());
+    let loaded = checkpoint::load(&path)?;
+    loaded.meta.check_fits(cfg.model, model_cfg.num_classes, model_cfg.in_channels).map_err(|e| anyhow::anyhow!("--resume {}: {e}", path.display()))?;
+    // Check everything before changing anything.
+    let vars = store.all_sorted();
+    for (name, var) in &vars {
+        let t = loaded.model.get(name).ok_or_else(|| anyhow::anyhow!("--resume {}: the checkpoint lacks {name}", path.display()))?;
+        anyhow::ensure!(t.shape() == var.shape(), "--resume {}: {name} has shape {:?} in the checkpoint, {:?} in this network", path.display(), t.dims(), var.dims());
+    }
+    for (name, var) in &vars {
+        var.set(&loaded.model[name].to_device(var.device())?.to_dtype(var.dtype())?)?;
+    }
+    for (i, (name, var)) in store.trainable_sorted().iter().enumerate() {
+        let buffer = match loaded.momentum.get(name) {
+            Some(b) => Some(b.to_device(var.device())?.to_dtype(var.dtype())?),
+            None => None,
+        };
+        sgd.set_momentum(i, buffer);
+    }
+    Ok(loaded.meta.step)
+}
+
 /// Accuracy on the test split, each rank on its shard; every rank gets the total.
 fn evaluate(net: &dyn Network, cfg: &TrainConfig, ds: &dyn Dataset, comm: &dyn Collective, device: &Device) -> anyhow::Result<(f64, usize)> {
     let info = comm.info();
@@ -150,11 +225,11 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     };
     let store = ParamStore::new(cfg.seed);
     let net = cfg.model.build(&model_cfg, store.var_builder(DType::F32, device))?;
-    broadcast_from_rank0(&store, comm, false)?;
-
     let params = store.trainable_sorted();
-    let mut exchange = GradExchange::new(&params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport)?;
     let mut sgd = Sgd::new(params.clone(), cfg.sgd)?;
+    let start_step = if cfg.resume { resume(cfg, &model_cfg, &store, &mut sgd, comm)? } else { 0 };
+    broadcast_from_rank0(&store, comm, false)?;
+    let mut exchange = GradExchange::new(&params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport)?;
     let desync = injected_desync();
 
     let per_rank = train_data.len() / info.size;
@@ -173,7 +248,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     let mut order = vec![];
     let start = Instant::now();
     let mut after_first = start;
-    for step in 0..total_steps {
+    for step in start_step..total_steps {
         let epoch = step / steps_per_epoch;
         if step % steps_per_epoch == 0 {
             order = shard(train_data.len(), epoch as u64, cfg.seed, info.rank, info.size, true);
@@ -207,8 +282,11 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
                 step + 1
             );
         }
+        if info.rank == 0 && cfg.checkpoint_every.is_some_and(|k| k > 0 && (step + 1) % k == 0) {
+            write_checkpoint(cfg, &model_cfg, &store, &sgd, step + 1)?;
+        }
         let t4 = Instant::now();
-        if step == 0 {
+        if step == start_step {
             first_step_s = (t4 - t0).as_secs_f64();
             after_first = t4;
         } else {
@@ -218,8 +296,12 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         }
         on_step(step, total_steps, final_loss, report.skipped());
     }
-    let seconds = if total_steps > 1 { after_first.elapsed().as_secs_f64() } else { first_step_s };
-    let timed_images = (total_steps.saturating_sub(1)).max(1) * cfg.batch_size * info.size;
+    if info.rank == 0 && cfg.checkpoint_dir.is_some() && total_steps > start_step {
+        write_checkpoint(cfg, &model_cfg, &store, &sgd, total_steps)?;
+    }
+    let run_steps = total_steps.saturating_sub(start_step);
+    let seconds = if run_steps > 1 { after_first.elapsed().as_secs_f64() } else { first_step_s };
+    let timed_images = run_steps.saturating_sub(1).max(1) * cfg.batch_size * info.size;
 
     let (val_accuracy, val_images) = match cfg.data {
         DataSpec::Mnist(_) => {
@@ -237,7 +319,8 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         world_size: info.size,
         batch_per_rank: cfg.batch_size,
         steps: total_steps,
-        images: total_steps * cfg.batch_size * info.size,
+        images: run_steps * cfg.batch_size * info.size,
+        resumed_from_step: start_step,
         seconds,
         images_per_s: timed_images as f64 / seconds.max(1e-12),
         first_step_s,

@@ -1,0 +1,102 @@
+//! Checkpoints: a run stopped and resumed ends bit for bit where an unbroken
+//! run ends, alone and on 2 ranks; bad checkpoints are refused and left alone.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use candle_mpi::checkpoint;
+
+const BIN: &str = env!("CARGO_BIN_EXE_candle-mpi");
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("candle-mpi-ckpt-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn args<'a>(ckpt: &'a str, steps: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["train", "--model", "small", "--image-size", "8", "--batch-size", "8", "--synthetic-size", "64", "--threads", "1",
+        "--lr", "0.05", "--steps", steps, "--log-every", "100", "--checkpoint-dir", ckpt];
+    a.extend_from_slice(extra);
+    a
+}
+
+fn run(np: usize, a: &[&str]) -> common::Run {
+    if np == 1 {
+        let mut cmd = Command::new(BIN);
+        cmd.args(a).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        common::run_with_deadline(cmd, Duration::from_secs(120))
+    } else {
+        common::mpirun(np, BIN, a, Duration::from_secs(120))
+    }
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
+    let c = checkpoint::load(path).unwrap();
+    let mut all: Vec<(String, Vec<u32>)> = c
+        .model
+        .iter()
+        .map(|(n, t)| (format!("model/{n}"), t))
+        .chain(c.momentum.iter().map(|(n, t)| (format!("momentum/{n}"), t)))
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()))
+        .collect();
+    all.sort();
+    all
+}
+
+fn stop_and_resume_matches_unbroken(np: usize) {
+    let (straight, split) = (dir(&format!("straight{np}")), dir(&format!("split{np}")));
+    let (s, p) = (straight.to_str().unwrap(), split.to_str().unwrap());
+    common::assert_ok(&run(np, &args(s, "12", &[])), "unbroken run");
+    common::assert_ok(&run(np, &args(p, "8", &["--checkpoint-every", "4"])), "first half");
+    assert_eq!(checkpoint::load(&split.join(checkpoint::FILE_NAME)).unwrap().meta.step, 8);
+    let resumed = run(np, &args(p, "12", &["--resume"]));
+    common::assert_ok(&resumed, "resumed run");
+    assert!(resumed.output.contains("resumed from step 8"), "{}", resumed.output);
+    let a = tensors(&straight.join(checkpoint::FILE_NAME));
+    let b = tensors(&split.join(checkpoint::FILE_NAME));
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().any(|(n, _)| n.starts_with("momentum/")), "momentum is saved");
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(va == vb, "{na} differs after stop and resume on {np} rank(s)");
+    }
+    std::fs::remove_dir_all(&straight).unwrap();
+    std::fs::remove_dir_all(&split).unwrap();
+}
+
+#[test]
+fn resume_is_bit_exact_on_one_rank() {
+    stop_and_resume_matches_unbroken(1);
+}
+
+#[test]
+fn resume_is_bit_exact_on_two_ranks() {
+    stop_and_resume_matches_unbroken(2);
+}
+
+#[test]
+fn bad_checkpoints_are_refused_and_left_alone() {
+    let d = dir("bad");
+    let p = d.to_str().unwrap();
+    let empty = run(1, &args(p, "4", &["--resume"]));
+    assert!(!empty.success && empty.output.contains("no checkpoint at"), "{}", empty.output);
+
+    common::assert_ok(&run(1, &args(p, "4", &[])), "a run to make a checkpoint");
+    let other = run(1, &args(p, "8", &["--resume", "--classes", "7"]));
+    assert!(!other.success && other.output.contains("holds small with 10 classes") && other.output.contains("this run is small with 7 classes"), "{}", other.output);
+
+    let file = d.join(checkpoint::FILE_NAME);
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let truncated = run(1, &args(p, "8", &["--resume"]));
+    assert!(!truncated.success && truncated.output.contains("damaged or not a checkpoint"), "{}", truncated.output);
+    assert_eq!(std::fs::read(&file).unwrap().len(), bytes.len() / 2, "a refused checkpoint is not overwritten");
+
+    let two = run(2, &args(p, "8", &["--resume"]));
+    assert!(!two.success && two.output.contains("damaged or not a checkpoint"), "rank 0's failure stops both ranks:\n{}", two.output);
+    std::fs::remove_dir_all(&d).unwrap();
+}
