@@ -416,7 +416,7 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         }
     })?;
     if lead {
-        let busy = (s.compute_s + s.wait_s + s.comm_s).max(1e-12);
+        let busy = (s.compute_s + s.wait_s + s.comm_s + s.data_s).max(1e-12);
         let val = match s.val_accuracy {
             Some(a) => format!(", validation accuracy {:.1}% on {} images", a * 100.0, s.val_images),
             None => String::new(),
@@ -425,9 +425,9 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
             println!("resumed from step {}", s.resumed_from_step);
         }
         println!(
-            "done: {} steps in {:.1} s, {:.1} images/s after the first step (compute {:.0}%, wait {:.0}%, comm {:.0}%), {} skipped, final loss {:.4}{val}",
+            "done: {} steps in {:.1} s, {:.1} images/s after the first step (compute {:.0}%, wait {:.0}%, comm {:.0}%, data {:.0}%), {} skipped, final loss {:.4}{val}",
             s.steps, s.seconds + s.first_step_s, s.images_per_s,
-            100.0 * s.compute_s / busy, 100.0 * s.wait_s / busy, 100.0 * s.comm_s / busy, s.skipped_steps, s.final_loss
+            100.0 * s.compute_s / busy, 100.0 * s.wait_s / busy, 100.0 * s.comm_s / busy, 100.0 * s.data_s / busy, s.skipped_steps, s.final_loss
         );
         let peak = s.peak_rss_mib.iter().fold(0.0f64, |a, b| a.max(*b));
         println!("peak resident memory: {peak:.0} MiB on the largest of {} rank(s)", s.peak_rss_mib.len());

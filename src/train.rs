@@ -6,6 +6,7 @@
 //! Theano-MPI calls wait), exchanges gradients (comm) and applies SGD, unless
 //! the exchange found a non-finite value, in which case every rank skips it.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::comm::{Collective, Transport};
+use crate::data::loader::{Loader, Plan};
 use crate::data::{batch, load_mnist, sampler::shard, DataSpec, Dataset, Split, Synthetic};
 use crate::exchange::{GradDtype, GradExchange};
 use crate::models::{ModelConfig, ModelKind, Network};
@@ -95,6 +97,8 @@ pub struct TrainSummary {
     pub compute_s: f64,
     pub wait_s: f64,
     pub comm_s: f64,
+    /// Time the model waited for the loader thread.
+    pub data_s: f64,
     pub skipped_steps: usize,
     pub final_loss: f32,
     /// The step a `--resume` run started from (0 for a fresh run).
@@ -106,13 +110,13 @@ pub struct TrainSummary {
     pub peak_rss_mib: Vec<f64>,
 }
 
-fn open_data(cfg: &TrainConfig, split: Split) -> anyhow::Result<Box<dyn Dataset>> {
+fn open_data(cfg: &TrainConfig, split: Split) -> anyhow::Result<Arc<dyn Dataset>> {
     Ok(match &cfg.data {
-        DataSpec::Synthetic => Box::new(Synthetic { len: cfg.synthetic_len, classes: cfg.classes, seed: cfg.seed }),
+        DataSpec::Synthetic => Arc::new(Synthetic { len: cfg.synthetic_len, classes: cfg.classes, seed: cfg.seed }),
         DataSpec::Mnist(dir) => {
             let d = load_mnist(dir, split)?;
             d.check_labels(cfg.classes, &format!("--data mnist:{}", dir.display()))?;
-            Box::new(d)
+            Arc::new(d)
         }
     })
 }
@@ -243,19 +247,30 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     );
     let total_steps = cfg.steps.unwrap_or(steps_per_epoch * cfg.epochs.max(1));
 
-    let (mut compute_s, mut wait_s, mut comm_s, mut first_step_s) = (0.0, 0.0, 0.0, 0.0);
+    let (mut compute_s, mut wait_s, mut comm_s, mut data_s, mut first_step_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let (mut skipped, mut final_loss) = (0usize, f32::NAN);
-    let mut order = vec![];
+    let channels = train_data.channels();
+    let loader = Loader::spawn(
+        train_data,
+        Plan {
+            first_step: start_step,
+            last_step: total_steps,
+            steps_per_epoch,
+            batch: cfg.batch_size,
+            size: cfg.image_size,
+            seed: cfg.seed,
+            rank: info.rank,
+            world: info.size,
+        },
+    );
     let start = Instant::now();
     let mut after_first = start;
     for step in start_step..total_steps {
-        let epoch = step / steps_per_epoch;
-        if step % steps_per_epoch == 0 {
-            order = shard(train_data.len(), epoch as u64, cfg.seed, info.rank, info.size, true);
-        }
-        let at = (step % steps_per_epoch) * cfg.batch_size;
+        let td = Instant::now();
+        let host = loader.next()?;
         let t0 = Instant::now();
-        let (x, y) = batch(train_data.as_ref(), &order[at..at + cfg.batch_size], cfg.image_size, device)?;
+        let x = Tensor::from_vec(host.pixels, (cfg.batch_size, channels, cfg.image_size, cfg.image_size), &Device::Cpu)?.to_device(device)?;
+        let y = Tensor::from_vec(host.labels, cfg.batch_size, &Device::Cpu)?.to_device(device)?;
         let loss = candle_nn::loss::cross_entropy(&net.forward_t(&x, true)?, &y)?;
         let mut grads = loss.backward()?;
         final_loss = loss.to_scalar::<f32>()?;
@@ -290,6 +305,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
             first_step_s = (t4 - t0).as_secs_f64();
             after_first = t4;
         } else {
+            data_s += (t0 - td).as_secs_f64();
             compute_s += (t1 - t0).as_secs_f64() + (t4 - t3).as_secs_f64();
             wait_s += (t2 - t1).as_secs_f64();
             comm_s += (t3 - t2).as_secs_f64();
@@ -327,6 +343,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         compute_s,
         wait_s,
         comm_s,
+        data_s,
         skipped_steps: skipped,
         final_loss,
         val_accuracy,

@@ -3,6 +3,7 @@
 //! of IDX files (MNIST itself, and the 8x8 UCI digits under tests/data/digits).
 
 pub mod idx;
+pub mod loader;
 pub mod sampler;
 
 use std::path::{Path, PathBuf};
