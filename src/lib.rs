@@ -13,6 +13,7 @@ pub mod models;
 pub mod optim;
 pub mod output;
 pub mod params;
+pub mod record;
 pub mod report_table;
 pub mod rng;
 pub mod threads;

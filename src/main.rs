@@ -376,6 +376,13 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     }
     let comm = MpiCollective::new(World::init()?);
     let info = comm.info().clone();
+    // Every rank checks its own record file; all stop together if any would overwrite one.
+    let steps_path = args.out.as_ref().map(|dir| dir.join(format!("steps-rank{}.csv", info.rank)));
+    let clash = steps_path.as_ref().is_some_and(|p| p.exists());
+    let clashes: Vec<u64> = comm.all_gather_u64(u64::from(clash))?;
+    if let Some(r) = clashes.iter().position(|c| *c == 1) {
+        anyhow::bail!("--out {}: steps-rank{r}.csv exists; remove it or choose another directory (records are never overwritten)", args.out.as_ref().unwrap().display());
+    }
     let dev = device::select(args.device, &info)?;
     let lr = if args.scale_lr { args.lr * info.size as f64 } else { args.lr };
     let cfg = TrainConfig {
@@ -407,14 +414,40 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         );
     }
     let log_every = args.log_every.max(1);
+    // A bar on a terminal, plain lines in logs and pipes.
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let images_per_step = (cfg.batch_size * info.size) as f64;
     let s = train::run(&cfg, &comm, &dev, |step, total, loss, skipped| {
-        if lead && ((step + 1) % log_every == 0 || step + 1 == total) {
+        if lead && on_terminal {
+            let b = bar.get_or_insert_with(|| {
+                let b = indicatif::ProgressBar::new(total as u64);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  eta {eta}  {msg}")
+                        .expect("valid progress template"),
+                );
+                b.set_position(step as u64);
+                b
+            });
+            b.set_position(step as u64 + 1);
+            let rate = (step + 1) as f64 * images_per_step / b.elapsed().as_secs_f64().max(1e-9);
+            b.set_message(format!("loss {loss:.4}  {rate:.0} images/s"));
+        } else if lead && ((step + 1) % log_every == 0 || step + 1 == total) {
             println!("step {:>6}/{total}  loss {loss:.4}{}", step + 1, if skipped { "  (skipped: non-finite gradient)" } else { "" });
+        }
+        if lead && skipped && on_terminal {
+            eprintln!("step {} skipped: non-finite gradient after the exchange", step + 1);
         }
         if skipped && !lead {
             eprintln!("rank {}: step {} skipped: non-finite gradient after the exchange", info.rank, step + 1);
         }
     })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Some(path) = &steps_path {
+        output::write_atomic(path, candle_mpi::record::to_csv(&s.records).as_bytes())?;
+    }
     if lead {
         let busy = (s.compute_s + s.wait_s + s.comm_s + s.data_s).max(1e-12);
         let val = match s.val_accuracy {
@@ -433,7 +466,7 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         println!("peak resident memory: {peak:.0} MiB on the largest of {} rank(s)", s.peak_rss_mib.len());
         if let Some(path) = summary_path {
             output::write_atomic(&path, serde_json::to_string_pretty(&s)?.as_bytes())?;
-            println!("summary written to {}", path.display());
+            println!("summary written to {} (per-step records: steps-rank<R>.csv beside it)", path.display());
         }
     }
     Ok(())

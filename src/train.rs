@@ -20,6 +20,7 @@ use crate::exchange::{GradDtype, GradExchange};
 use crate::models::{ModelConfig, ModelKind, Network};
 use crate::optim::{LrPlan, Sgd, SgdConfig};
 use crate::params::ParamStore;
+use crate::record::StepRecord;
 
 /// Everything a run is asked to do.
 #[derive(Clone, Debug)]
@@ -108,6 +109,9 @@ pub struct TrainSummary {
     pub val_images: usize,
     /// Peak resident memory of each rank, MiB, in rank order.
     pub peak_rss_mib: Vec<f64>,
+    /// This rank's steps (written to steps-rank<R>.csv, not into the summary).
+    #[serde(skip)]
+    pub records: Vec<StepRecord>,
 }
 
 fn open_data(cfg: &TrainConfig, split: Split) -> anyhow::Result<Arc<dyn Dataset>> {
@@ -265,6 +269,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     );
     let start = Instant::now();
     let mut after_first = start;
+    let mut records = Vec::with_capacity(total_steps.saturating_sub(start_step));
     for step in start_step..total_steps {
         let td = Instant::now();
         let host = loader.next()?;
@@ -279,10 +284,11 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         let t2 = Instant::now();
         let report = exchange.exchange(&mut grads, comm)?;
         let t3 = Instant::now();
+        let lr = cfg.lr.at((step + 1) as f64 / steps_per_epoch as f64);
         if report.skipped() {
             skipped += 1;
         } else {
-            sgd.step(&grads, cfg.lr.at((step + 1) as f64 / steps_per_epoch as f64))?;
+            sgd.step(&grads, lr)?;
         }
         if desync == Some((info.rank, step + 1)) {
             let (_, var) = &params[0];
@@ -301,6 +307,17 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
             write_checkpoint(cfg, &model_cfg, &store, &sgd, step + 1)?;
         }
         let t4 = Instant::now();
+        records.push(StepRecord {
+            step: step + 1,
+            epoch: step / steps_per_epoch,
+            loss: final_loss,
+            lr,
+            data_s: (t0 - td).as_secs_f64(),
+            compute_s: (t1 - t0).as_secs_f64() + (t4 - t3).as_secs_f64(),
+            wait_s: (t2 - t1).as_secs_f64(),
+            comm_s: (t3 - t2).as_secs_f64(),
+            skipped: report.skipped(),
+        });
         if step == start_step {
             first_step_s = (t4 - t0).as_secs_f64();
             after_first = t4;
@@ -349,5 +366,6 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         val_accuracy,
         val_images,
         peak_rss_mib,
+        records,
     })
 }

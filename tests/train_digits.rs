@@ -53,6 +53,11 @@ fn learns_digits_on_two_ranks() {
     assert_eq!(s["world_size"], 2);
     // 1,438 images, 2 ranks of 16 per step: 44 steps per epoch.
     assert_eq!(s["steps"], 440);
+    for r in 0..2 {
+        let csv = std::fs::read_to_string(out.join(format!("steps-rank{r}.csv"))).unwrap();
+        assert_eq!(csv.lines().count(), 441, "rank {r}: header and one row per step");
+        assert!(csv.starts_with(candle_mpi::record::CSV_HEADER));
+    }
     let acc = s["val_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.90, "validation accuracy {acc}");
     std::fs::remove_dir_all(&out).unwrap();
@@ -112,5 +117,10 @@ fn bad_input_is_refused_by_name() {
     let e = refused(&["train", "--model", "small", "--steps", "1", "--out", out.to_str().unwrap()]);
     assert!(e.contains("exists"), "{e}");
     assert_eq!(std::fs::read_to_string(out.join("summary.json")).unwrap(), "keep me");
+    std::fs::remove_file(out.join("summary.json")).unwrap();
+    std::fs::write(out.join("steps-rank0.csv"), "keep me too").unwrap();
+    let e = refused(&["train", "--model", "small", "--steps", "1", "--out", out.to_str().unwrap()]);
+    assert!(e.contains("steps-rank0.csv exists"), "{e}");
+    assert_eq!(std::fs::read_to_string(out.join("steps-rank0.csv")).unwrap(), "keep me too");
     std::fs::remove_dir_all(&out).unwrap();
 }
