@@ -102,7 +102,8 @@ struct TrainArgs {
     /// Where each rank computes
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
-    /// Data: synthetic (generated from --seed) or mnist:DIR (IDX files, raw or gzip)
+    /// Data: synthetic (generated from --seed), mnist:DIR (IDX files, raw or gzip)
+    /// or cifar10:DIR (the binary version: data_batch_1..5.bin, test_batch.bin)
     #[arg(long, default_value = "synthetic")]
     data: DataSpec,
     /// Samples per epoch of synthetic data

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::comm::{Collective, Transport};
 use crate::data::loader::{Loader, Plan};
-use crate::data::{batch, load_mnist, sampler::shard, DataSpec, Dataset, Split, Synthetic};
+use crate::data::{batch, load_cifar10, load_mnist, sampler::shard, DataSpec, Dataset, Split, Synthetic};
 use crate::exchange::{GradDtype, GradExchange};
 use crate::models::{ModelConfig, ModelKind, Network};
 use crate::optim::{LrPlan, Sgd, SgdConfig};
@@ -120,6 +120,11 @@ fn open_data(cfg: &TrainConfig, split: Split) -> anyhow::Result<Arc<dyn Dataset>
         DataSpec::Mnist(dir) => {
             let d = load_mnist(dir, split)?;
             d.check_labels(cfg.classes, &format!("--data mnist:{}", dir.display()))?;
+            Arc::new(d)
+        }
+        DataSpec::Cifar10(dir) => {
+            let d = load_cifar10(dir, split)?;
+            d.check_labels(cfg.classes, &format!("--data cifar10:{}", dir.display()))?;
             Arc::new(d)
         }
     })
@@ -337,7 +342,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     let timed_images = run_steps.saturating_sub(1).max(1) * cfg.batch_size * info.size;
 
     let (val_accuracy, val_images) = match cfg.data {
-        DataSpec::Mnist(_) => {
+        DataSpec::Mnist(_) | DataSpec::Cifar10(_) => {
             // Batch-norm statistics differ per rank: evaluate rank 0's, as DDP does.
             broadcast_from_rank0(&store, comm, true)?;
             let test = open_data(cfg, Split::Test)?;

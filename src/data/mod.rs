@@ -18,6 +18,7 @@ use crate::rng::Rng;
 pub enum DataSpec {
     Synthetic,
     Mnist(PathBuf),
+    Cifar10(PathBuf),
 }
 
 impl std::str::FromStr for DataSpec {
@@ -26,7 +27,8 @@ impl std::str::FromStr for DataSpec {
         match s.split_once(':') {
             None if s == "synthetic" => Ok(DataSpec::Synthetic),
             Some(("mnist", dir)) if !dir.is_empty() => Ok(DataSpec::Mnist(PathBuf::from(dir))),
-            _ => Err(format!("'{s}' is not a data source: use synthetic or mnist:DIR")),
+            Some(("cifar10", dir)) if !dir.is_empty() => Ok(DataSpec::Cifar10(PathBuf::from(dir))),
+            _ => Err(format!("'{s}' is not a data source: use synthetic, mnist:DIR or cifar10:DIR")),
         }
     }
 }
@@ -171,4 +173,33 @@ pub fn load_mnist(dir: &Path, split: Split) -> anyhow::Result<LabelledImages> {
         images: images.data,
         labels: labels.data,
     })
+}
+
+/// Bytes of one CIFAR-10 record: the label, then 32x32 red, green and blue planes.
+const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
+
+/// Reads one split of the CIFAR-10 binary version (`data_batch_1.bin` ..
+/// `data_batch_5.bin` for training, `test_batch.bin` for testing).
+pub fn load_cifar10(dir: &Path, split: Split) -> anyhow::Result<LabelledImages> {
+    anyhow::ensure!(dir.is_dir(), "--data cifar10:{}: no such directory", dir.display());
+    let names: Vec<String> = match split {
+        Split::Train => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
+        Split::Test => vec!["test_batch.bin".to_string()],
+    };
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    for name in names {
+        let path = dir.join(&name);
+        let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("--data cifar10:{}: cannot read {name}: {e}", dir.display()))?;
+        anyhow::ensure!(
+            !bytes.is_empty() && bytes.len() % CIFAR_RECORD == 0,
+            "{}: {} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records (truncated?)",
+            path.display(),
+            bytes.len()
+        );
+        for record in bytes.chunks_exact(CIFAR_RECORD) {
+            labels.push(record[0]);
+            images.extend_from_slice(&record[1..]);
+        }
+    }
+    Ok(LabelledImages { count: labels.len(), channels: 3, height: 32, width: 32, images, labels })
 }
