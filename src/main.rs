@@ -109,9 +109,12 @@ struct TrainArgs {
     /// Samples per epoch of synthetic data
     #[arg(long, default_value_t = 1024)]
     synthetic_size: usize,
-    /// Images per rank per step
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
+    /// Images per rank per step [default: 32]
+    #[arg(long, conflicts_with = "global_batch")]
+    batch_size: Option<usize>,
+    /// Images per step over all ranks, split evenly (strong scaling); must divide by the ranks
+    #[arg(long, value_name = "G")]
+    global_batch: Option<usize>,
     /// Input side in pixels [default: the network's own]
     #[arg(long, value_name = "PIXELS")]
     image_size: Option<usize>,
@@ -384,13 +387,25 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(r) = clashes.iter().position(|c| *c == 1) {
         anyhow::bail!("--out {}: steps-rank{r}.csv exists; remove it or choose another directory (records are never overwritten)", args.out.as_ref().unwrap().display());
     }
+    let batch_size = match args.global_batch {
+        Some(g) => {
+            anyhow::ensure!(
+                g % info.size == 0 && g >= info.size,
+                "--global-batch {g} does not divide by the {} rank(s) of this run; use a multiple of {}",
+                info.size,
+                info.size
+            );
+            g / info.size
+        }
+        None => args.batch_size.unwrap_or(32),
+    };
     let dev = device::select(args.device, &info)?;
     let lr = if args.scale_lr { args.lr * info.size as f64 } else { args.lr };
     let cfg = TrainConfig {
         model: args.model,
         image_size,
         classes: args.classes,
-        batch_size: args.batch_size,
+        batch_size,
         epochs: args.epochs,
         steps: args.steps,
         lr: LrPlan::new(lr, args.lr_schedule, args.warmup_epochs, args.epochs as f64),

@@ -76,6 +76,19 @@ fn verify_sync_names_a_rank_that_drifts() {
 }
 
 #[test]
+fn global_batch_is_split_over_the_ranks() {
+    let out = fresh_dir("global");
+    let args = ["train", "--model", "small", "--steps", "2", "--global-batch", "12", "--out", out.to_str().unwrap()];
+    let run = common::mpirun(2, BIN, &args, Duration::from_secs(120));
+    common::assert_ok(&run, "global batch 12 on 2 ranks");
+    assert_eq!(summary(&out)["batch_per_rank"], 6);
+    std::fs::remove_dir_all(&out).unwrap();
+    let bad = ["train", "--model", "small", "--steps", "2", "--global-batch", "7"];
+    let run = common::mpirun(2, BIN, &bad, Duration::from_secs(120));
+    assert!(!run.success && run.output.contains("--global-batch 7 does not divide by the 2 rank(s)"), "{}", run.output);
+}
+
+#[test]
 fn summary_reports_memory_per_rank() {
     let out = fresh_dir("mem");
     let args = ["train", "--model", "small", "--steps", "2", "--batch-size", "4", "--out", out.to_str().unwrap()];
