@@ -2,14 +2,18 @@
 //! batch-norm buffers, under torchvision's names, prefixed `model/`), SGD's
 //! momentum (`momentum/`), and metadata saying what network and step they
 //! belong to. Written to a temporary name and renamed, so a crash leaves the
-//! previous checkpoint whole.
+//! previous checkpoint whole. `write_run` and `resume_run` save and restore a
+//! whole run (model, optimizer, step) for the trainer.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
-use crate::models::ModelKind;
+use crate::comm::Collective;
+use crate::models::{ModelConfig, ModelKind};
+use crate::optim::Sgd;
+use crate::params::ParamStore;
 
 pub const FILE_NAME: &str = "checkpoint.safetensors";
 const FORMAT: &str = "candle-mpi-checkpoint-1";
@@ -93,4 +97,66 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         }
     }
     Ok(Loaded { meta, model, momentum })
+}
+
+/// Rank 0's checkpoint of a run after `step` steps: every variable and SGD's momentum.
+pub fn write_run(path: &Path, model: ModelKind, model_cfg: &ModelConfig, store: &ParamStore, sgd: &Sgd, step: usize) -> anyhow::Result<()> {
+    let meta = CheckpointMeta { model: model.name().to_string(), classes: model_cfg.num_classes, in_channels: model_cfg.in_channels, step };
+    let vars: Vec<(String, Tensor)> = store.all_sorted().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let momentum: Vec<(String, Tensor)> = sgd.momentum().into_iter().filter_map(|(n, b)| b.map(|b| (n, b))).collect();
+    save(path, &meta, &vars, &momentum)
+}
+
+/// Rank 0 reads the checkpoint into the model and the optimizer; the model then
+/// travels with the start-up broadcast, momentum and step go out here. A
+/// failure on rank 0 stops every rank (they would otherwise wait in a broadcast).
+pub fn resume_run(path: &Path, model: ModelKind, model_cfg: &ModelConfig, store: &ParamStore, sgd: &mut Sgd, comm: &dyn Collective) -> anyhow::Result<usize> {
+    let rank0 = comm.info().rank == 0;
+    let loaded = if rank0 { Some(load_into(path, model, model_cfg, store, sgd)) } else { None };
+    let ok = comm.all_gather_u64(u64::from(loaded.as_ref().is_none_or(|r| r.is_ok())))?[0] == 1;
+    let step = match loaded {
+        Some(Err(e)) => return Err(e),
+        Some(Ok(step)) => step,
+        None if !ok => anyhow::bail!("rank 0 could not resume from the checkpoint (its error says why)"),
+        None => 0,
+    };
+    // Momentum: which buffers exist, then their values.
+    let mut has: Vec<f32> = sgd.momentum().iter().map(|(_, b)| if b.is_some() { 1.0 } else { 0.0 }).collect();
+    comm.broadcast_f32(&mut has, 0)?;
+    for (i, ((_, var), flag)) in store.trainable_sorted().iter().zip(has).enumerate() {
+        if flag == 0.0 {
+            continue;
+        }
+        let t = var.as_tensor();
+        let mut values: Vec<f32> = match &sgd.momentum()[i].1 {
+            Some(b) => b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+            None => vec![0.0; t.elem_count()],
+        };
+        comm.broadcast_f32(&mut values, 0)?;
+        sgd.set_momentum(i, Some(Tensor::from_vec(values, t.shape(), &Device::Cpu)?.to_device(t.device())?.to_dtype(t.dtype())?));
+    }
+    Ok(comm.all_gather_u64(step as u64)?[0] as usize)
+}
+
+fn load_into(path: &Path, model: ModelKind, model_cfg: &ModelConfig, store: &ParamStore, sgd: &mut Sgd) -> anyhow::Result<usize> {
+    anyhow::ensure!(path.is_file(), "--resume: no checkpoint at {}", path.display());
+    let loaded = load(path)?;
+    loaded.meta.check_fits(model, model_cfg.num_classes, model_cfg.in_channels).map_err(|e| anyhow::anyhow!("--resume {}: {e}", path.display()))?;
+    // Check everything before changing anything.
+    let vars = store.all_sorted();
+    for (name, var) in &vars {
+        let t = loaded.model.get(name).ok_or_else(|| anyhow::anyhow!("--resume {}: the checkpoint lacks {name}", path.display()))?;
+        anyhow::ensure!(t.shape() == var.shape(), "--resume {}: {name} has shape {:?} in the checkpoint, {:?} in this network", path.display(), t.dims(), var.dims());
+    }
+    for (name, var) in &vars {
+        var.set(&loaded.model[name].to_device(var.device())?.to_dtype(var.dtype())?)?;
+    }
+    for (i, (name, var)) in store.trainable_sorted().iter().enumerate() {
+        let buffer = match loaded.momentum.get(name) {
+            Some(b) => Some(b.to_device(var.device())?.to_dtype(var.dtype())?),
+            None => None,
+        };
+        sgd.set_momentum(i, buffer);
+    }
+    Ok(loaded.meta.step)
 }

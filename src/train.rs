@@ -12,10 +12,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::checkpoint::{self, CheckpointMeta};
+use crate::checkpoint;
 use crate::comm::{Collective, Transport};
 use crate::data::loader::{Loader, Plan};
-use crate::data::{batch, load_cifar10, load_mnist, sampler::shard, DataSpec, Dataset, Split, Synthetic};
+use crate::data::{batch, load_cifar10, load_mnist, sampler::shard, to_tensors, DataSpec, Dataset, Split, Synthetic};
 use crate::exchange::{GradDtype, GradExchange};
 use crate::models::{ModelConfig, ModelKind, Network};
 use crate::optim::{LrPlan, Sgd, SgdConfig};
@@ -149,68 +149,6 @@ fn checkpoint_path(cfg: &TrainConfig) -> anyhow::Result<std::path::PathBuf> {
     Ok(dir.join(checkpoint::FILE_NAME))
 }
 
-fn write_checkpoint(cfg: &TrainConfig, model_cfg: &ModelConfig, store: &ParamStore, sgd: &Sgd, step: usize) -> anyhow::Result<()> {
-    let meta = CheckpointMeta { model: cfg.model.name().to_string(), classes: model_cfg.num_classes, in_channels: model_cfg.in_channels, step };
-    let model: Vec<(String, Tensor)> = store.all_sorted().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
-    let momentum: Vec<(String, Tensor)> = sgd.momentum().into_iter().filter_map(|(n, b)| b.map(|b| (n, b))).collect();
-    checkpoint::save(&checkpoint_path(cfg)?, &meta, &model, &momentum)
-}
-
-/// Rank 0 reads the checkpoint into the model and the optimizer; the model then
-/// travels with the start-up broadcast, momentum and step go out here. A
-/// failure on rank 0 stops every rank (they would otherwise wait in a broadcast).
-fn resume(cfg: &TrainConfig, model_cfg: &ModelConfig, store: &ParamStore, sgd: &mut Sgd, comm: &dyn Collective) -> anyhow::Result<usize> {
-    let rank0 = comm.info().rank == 0;
-    let loaded = if rank0 { Some(load_into(cfg, model_cfg, store, sgd)) } else { None };
-    let ok = comm.all_gather_u64(u64::from(loaded.as_ref().is_none_or(|r| r.is_ok())))?[0] == 1;
-    let step = match loaded {
-        Some(Err(e)) => return Err(e),
-        Some(Ok(step)) => step,
-        None if !ok => anyhow::bail!("rank 0 could not resume from the checkpoint (its error says why)"),
-        None => 0,
-    };
-    // Momentum: which buffers exist, then their values.
-    let mut has: Vec<f32> = sgd.momentum().iter().map(|(_, b)| if b.is_some() { 1.0 } else { 0.0 }).collect();
-    comm.broadcast_f32(&mut has, 0)?;
-    for (i, ((_, var), flag)) in store.trainable_sorted().iter().zip(has).enumerate() {
-        if flag == 0.0 {
-            continue;
-        }
-        let t = var.as_tensor();
-        let mut values: Vec<f32> = match &sgd.momentum()[i].1 {
-            Some(b) => b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
-            None => vec![0.0; t.elem_count()],
-        };
-        comm.broadcast_f32(&mut values, 0)?;
-        sgd.set_momentum(i, Some(Tensor::from_vec(values, t.shape(), &Device::Cpu)?.to_device(t.device())?.to_dtype(t.dtype())?));
-    }
-    Ok(comm.all_gather_u64(step as u64)?[0] as usize)
-}
-
-fn load_into(cfg: &TrainConfig, model_cfg: &ModelConfig, store: &ParamStore, sgd: &mut Sgd) -> anyhow::Result<usize> {
-    let path = checkpoint_path(cfg)?;
-    anyhow::ensure!(path.is_file(), "--resume: no checkpoint at {}", path.display());
-    let loaded = checkpoint::load(&path)?;
-    loaded.meta.check_fits(cfg.model, model_cfg.num_classes, model_cfg.in_channels).map_err(|e| anyhow::anyhow!("--resume {}: {e}", path.display()))?;
-    // Check everything before changing anything.
-    let vars = store.all_sorted();
-    for (name, var) in &vars {
-        let t = loaded.model.get(name).ok_or_else(|| anyhow::anyhow!("--resume {}: the checkpoint lacks {name}", path.display()))?;
-        anyhow::ensure!(t.shape() == var.shape(), "--resume {}: {name} has shape {:?} in the checkpoint, {:?} in this network", path.display(), t.dims(), var.dims());
-    }
-    for (name, var) in &vars {
-        var.set(&loaded.model[name].to_device(var.device())?.to_dtype(var.dtype())?)?;
-    }
-    for (i, (name, var)) in store.trainable_sorted().iter().enumerate() {
-        let buffer = match loaded.momentum.get(name) {
-            Some(b) => Some(b.to_device(var.device())?.to_dtype(var.dtype())?),
-            None => None,
-        };
-        sgd.set_momentum(i, buffer);
-    }
-    Ok(loaded.meta.step)
-}
-
 /// Accuracy on the test split, each rank on its shard; every rank gets the total.
 fn evaluate(net: &dyn Network, cfg: &TrainConfig, ds: &dyn Dataset, comm: &dyn Collective, device: &Device) -> anyhow::Result<(f64, usize)> {
     let info = comm.info();
@@ -240,7 +178,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     let net = cfg.model.build(&model_cfg, store.var_builder(DType::F32, device))?;
     let params = store.trainable_sorted();
     let mut sgd = Sgd::new(params.clone(), cfg.sgd)?;
-    let start_step = if cfg.resume { resume(cfg, &model_cfg, &store, &mut sgd, comm)? } else { 0 };
+    let start_step = if cfg.resume { checkpoint::resume_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &mut sgd, comm)? } else { 0 };
     broadcast_from_rank0(&store, comm, false)?;
     let mut exchange = GradExchange::new(&params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport)?;
     let desync = injected_desync();
@@ -279,8 +217,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         let td = Instant::now();
         let host = loader.next()?;
         let t0 = Instant::now();
-        let x = Tensor::from_vec(host.pixels, (cfg.batch_size, channels, cfg.image_size, cfg.image_size), &Device::Cpu)?.to_device(device)?;
-        let y = Tensor::from_vec(host.labels, cfg.batch_size, &Device::Cpu)?.to_device(device)?;
+        let (x, y) = to_tensors(host.pixels, host.labels, channels, cfg.image_size, device)?;
         let loss = candle_nn::loss::cross_entropy(&net.forward_t(&x, true)?, &y)?;
         let mut grads = loss.backward()?;
         final_loss = loss.to_scalar::<f32>()?;
@@ -309,7 +246,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
             );
         }
         if info.rank == 0 && cfg.checkpoint_every.is_some_and(|k| k > 0 && (step + 1) % k == 0) {
-            write_checkpoint(cfg, &model_cfg, &store, &sgd, step + 1)?;
+            checkpoint::write_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &sgd, step + 1)?;
         }
         let t4 = Instant::now();
         records.push(StepRecord {
@@ -335,7 +272,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         on_step(step, total_steps, final_loss, report.skipped());
     }
     if info.rank == 0 && cfg.checkpoint_dir.is_some() && total_steps > start_step {
-        write_checkpoint(cfg, &model_cfg, &store, &sgd, total_steps)?;
+        checkpoint::write_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &sgd, total_steps)?;
     }
     let run_steps = total_steps.saturating_sub(start_step);
     let seconds = if run_steps > 1 { after_first.elapsed().as_secs_f64() } else { first_step_s };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::sampler::shard;
-use super::Dataset;
+use super::{stack, Dataset};
 
 /// Batches held ready ahead of the model.
 const DEPTH: usize = 2;
@@ -42,7 +42,6 @@ impl Loader {
         let thread = std::thread::Builder::new()
             .name("candle-mpi-loader".into())
             .spawn(move || {
-                let per = ds.channels() * plan.size * plan.size;
                 let mut order = vec![];
                 let mut epoch = usize::MAX;
                 for step in plan.first_step..plan.last_step {
@@ -51,12 +50,7 @@ impl Loader {
                         order = shard(ds.len(), epoch as u64, plan.seed, plan.rank, plan.world, true);
                     }
                     let at = (step % plan.steps_per_epoch) * plan.batch;
-                    let mut pixels = vec![0f32; plan.batch * per];
-                    let labels = order[at..at + plan.batch]
-                        .iter()
-                        .enumerate()
-                        .map(|(k, &i)| ds.sample(i, plan.size, &mut pixels[k * per..(k + 1) * per]))
-                        .collect();
+                    let (pixels, labels) = stack(ds.as_ref(), &order[at..at + plan.batch], plan.size);
                     if tx.send(HostBatch { pixels, labels }).is_err() {
                         return; // the trainer stopped early
                     }

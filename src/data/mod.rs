@@ -91,16 +91,25 @@ impl Dataset for LabelledImages {
     }
 }
 
-/// Stacks samples `indices` of `ds` into an (N, C, size, size) tensor and labels.
-pub fn batch(ds: &dyn Dataset, indices: &[usize], size: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+/// Samples `indices` of `ds` stacked on the host: pixels (N, C, size, size) and labels.
+pub fn stack(ds: &dyn Dataset, indices: &[usize], size: usize) -> (Vec<f32>, Vec<u32>) {
     let per = ds.channels() * size * size;
-    let mut x = vec![0f32; indices.len() * per];
-    let mut y = Vec::with_capacity(indices.len());
-    for (k, &i) in indices.iter().enumerate() {
-        y.push(ds.sample(i, size, &mut x[k * per..(k + 1) * per]));
-    }
-    let x = Tensor::from_vec(x, (indices.len(), ds.channels(), size, size), &Device::Cpu)?.to_device(device)?;
-    let y = Tensor::from_vec(y, indices.len(), &Device::Cpu)?.to_device(device)?;
+    let mut pixels = vec![0f32; indices.len() * per];
+    let labels = indices.iter().enumerate().map(|(k, &i)| ds.sample(i, size, &mut pixels[k * per..(k + 1) * per])).collect();
+    (pixels, labels)
+}
+
+/// Samples `indices` of `ds` as an (N, C, size, size) tensor and labels on `device`.
+pub fn batch(ds: &dyn Dataset, indices: &[usize], size: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let (pixels, labels) = stack(ds, indices, size);
+    to_tensors(pixels, labels, ds.channels(), size, device)
+}
+
+/// Host pixels and labels as tensors on `device`.
+pub fn to_tensors(pixels: Vec<f32>, labels: Vec<u32>, channels: usize, size: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let n = labels.len();
+    let x = Tensor::from_vec(pixels, (n, channels, size, size), &Device::Cpu)?.to_device(device)?;
+    let y = Tensor::from_vec(labels, n, &Device::Cpu)?.to_device(device)?;
     Ok((x, y))
 }
 
