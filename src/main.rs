@@ -166,6 +166,9 @@ struct TrainArgs {
     /// all-gathered) and stop naming the ranks that differ
     #[arg(long, value_name = "K")]
     verify_sync: Option<usize>,
+    /// Validate every N epochs as well as at the end (mnist and cifar10 data)
+    #[arg(long, value_name = "N")]
+    val_every: Option<usize>,
     /// Directory of checkpoint.safetensors (rank 0 writes it; --resume reads it)
     #[arg(long, value_name = "DIR")]
     checkpoint_dir: Option<std::path::PathBuf>,
@@ -421,6 +424,7 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         checkpoint_dir: args.checkpoint_dir.clone(),
         checkpoint_every: args.checkpoint_every,
         resume: args.resume,
+        val_every: args.val_every,
     };
     let lead = info.rank == 0;
     if lead {
@@ -465,6 +469,9 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         output::write_atomic(path, candle_mpi::record::to_csv(&s.records).as_bytes())?;
     }
     if lead {
+        for (epoch, acc) in s.val_history.iter().take(s.val_history.len().saturating_sub(1)) {
+            println!("validation after epoch {epoch}: {:.1}%", acc * 100.0);
+        }
         let busy = (s.compute_s + s.wait_s + s.comm_s + s.data_s).max(1e-12);
         let val = match s.val_accuracy {
             Some(a) => format!(", validation accuracy {:.1}% on {} images", a * 100.0, s.val_images),

@@ -50,6 +50,8 @@ pub struct TrainConfig {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     pub checkpoint_every: Option<usize>,
     pub resume: bool,
+    /// Validate every this many epochs as well as at the end (data with a test split).
+    pub val_every: Option<usize>,
 }
 
 /// A test aid: `CANDLE_MPI_FAULT=desync:RANK:STEP` nudges rank RANK's first
@@ -107,6 +109,8 @@ pub struct TrainSummary {
     /// Fraction right on the test split (MNIST-layout data), over `val_images`.
     pub val_accuracy: Option<f64>,
     pub val_images: usize,
+    /// (epochs completed, accuracy) of every validation, the final one included.
+    pub val_history: Vec<(usize, f64)>,
     /// Peak resident memory of each rank, MiB, in rank order.
     pub peak_rss_mib: Vec<f64>,
     /// This rank's steps (written to steps-rank<R>.csv, not into the summary).
@@ -210,6 +214,19 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
             world: info.size,
         },
     );
+    let test_data = match cfg.data {
+        DataSpec::Mnist(_) | DataSpec::Cifar10(_) => Some(open_data(cfg, Split::Test)?),
+        DataSpec::Synthetic => None,
+    };
+    // Batch-norm statistics differ per rank: validate rank 0's, as DDP does.
+    let validate = |net: &dyn Network| -> anyhow::Result<Option<(f64, usize)>> {
+        let Some(test) = &test_data else { return Ok(None) };
+        broadcast_from_rank0(&store, comm, true)?;
+        Ok(Some(evaluate(net, cfg, test.as_ref(), comm, device)?))
+    };
+    let mut val_history = vec![];
+    // Mid-run validations are not training: their time leaves the throughput.
+    let mut mid_val_s = 0.0;
     let start = Instant::now();
     let mut after_first = start;
     let mut records = Vec::with_capacity(total_steps.saturating_sub(start_step));
@@ -270,23 +287,29 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
             comm_s += (t3 - t2).as_secs_f64();
         }
         on_step(step, total_steps, final_loss, report.skipped());
+        let epochs_done = (step + 1) / steps_per_epoch;
+        let epoch_end = (step + 1) % steps_per_epoch == 0 && step + 1 < total_steps;
+        if epoch_end && cfg.val_every.is_some_and(|k| k > 0 && epochs_done % k == 0) {
+            let tv = Instant::now();
+            if let Some((acc, _)) = validate(net.as_ref())? {
+                val_history.push((epochs_done, acc));
+            }
+            mid_val_s += tv.elapsed().as_secs_f64();
+        }
     }
+    let run_steps = total_steps.saturating_sub(start_step);
+    let seconds = if run_steps > 1 { after_first.elapsed().as_secs_f64() - mid_val_s } else { first_step_s };
+    let timed_images = run_steps.saturating_sub(1).max(1) * cfg.batch_size * info.size;
     if info.rank == 0 && cfg.checkpoint_dir.is_some() && total_steps > start_step {
         checkpoint::write_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &sgd, total_steps)?;
     }
-    let run_steps = total_steps.saturating_sub(start_step);
-    let seconds = if run_steps > 1 { after_first.elapsed().as_secs_f64() } else { first_step_s };
-    let timed_images = run_steps.saturating_sub(1).max(1) * cfg.batch_size * info.size;
 
-    let (val_accuracy, val_images) = match cfg.data {
-        DataSpec::Mnist(_) | DataSpec::Cifar10(_) => {
-            // Batch-norm statistics differ per rank: evaluate rank 0's, as DDP does.
-            broadcast_from_rank0(&store, comm, true)?;
-            let test = open_data(cfg, Split::Test)?;
-            let (acc, n) = evaluate(net.as_ref(), cfg, test.as_ref(), comm, device)?;
+    let (val_accuracy, val_images) = match validate(net.as_ref())? {
+        Some((acc, n)) => {
+            val_history.push((total_steps / steps_per_epoch, acc));
             (Some(acc), n)
         }
-        DataSpec::Synthetic => (None, 0),
+        None => (None, 0),
     };
     let peak_rss_mib = comm.all_gather_f64(peak_rss_mib())?;
     Ok(TrainSummary {
@@ -307,6 +330,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         final_loss,
         val_accuracy,
         val_images,
+        val_history,
         peak_rss_mib,
         records,
     })

@@ -30,7 +30,8 @@ fn summary(dir: &PathBuf) -> serde_json::Value {
 #[test]
 fn learns_digits_on_one_rank() {
     let out = fresh_dir("1");
-    let args = digits_args(out.to_str().unwrap());
+    let mut args = digits_args(out.to_str().unwrap());
+    args.extend(["--val-every".to_string(), "4".to_string()]);
     let o = Command::new(BIN).args(&args).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s = summary(&out);
@@ -39,6 +40,10 @@ fn learns_digits_on_one_rank() {
     let acc = s["val_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.90, "validation accuracy {acc}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("validation accuracy"));
+    // --val-every 4 over 10 epochs: after epochs 4, 8 and at the end.
+    let epochs: Vec<u64> = s["val_history"].as_array().unwrap().iter().map(|e| e[0].as_u64().unwrap()).collect();
+    assert_eq!(epochs, vec![4, 8, 10]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("validation after epoch 4:"));
     std::fs::remove_dir_all(&out).unwrap();
 }
 
