@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
-use crate::comm::Collective;
+use crate::comm::{broadcast_tensor, Collective};
 use crate::models::{ModelConfig, ModelKind};
 use crate::optim::Sgd;
 use crate::params::ParamStore;
@@ -127,13 +127,12 @@ pub fn resume_run(path: &Path, model: ModelKind, model_cfg: &ModelConfig, store:
         if flag == 0.0 {
             continue;
         }
-        let t = var.as_tensor();
-        let mut values: Vec<f32> = match &sgd.momentum()[i].1 {
-            Some(b) => b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
-            None => vec![0.0; t.elem_count()],
+        // Other ranks send a zero buffer of the parameter's shape; rank 0's values win.
+        let mine = match &sgd.momentum()[i].1 {
+            Some(b) => b.clone(),
+            None => var.as_tensor().zeros_like()?,
         };
-        comm.broadcast_f32(&mut values, 0)?;
-        sgd.set_momentum(i, Some(Tensor::from_vec(values, t.shape(), &Device::Cpu)?.to_device(t.device())?.to_dtype(t.dtype())?));
+        sgd.set_momentum(i, Some(broadcast_tensor(comm, &mine)?));
     }
     Ok(comm.all_gather_u64(step as u64)?[0] as usize)
 }

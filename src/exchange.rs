@@ -22,7 +22,6 @@ use candle_core::{backprop::GradStore, DType, Device, Storage, Tensor, Var};
 use half::{bf16, f16};
 use serde::Serialize;
 
-use crate::comm::shm::unpack_counting;
 use crate::comm::{Collective, SharedWindow, Transport, WireBuf, WireElem};
 
 /// The type gradients travel in.
@@ -222,9 +221,9 @@ impl WireBucket {
         assert!(at + dst.len() <= self.len, "unpack of {} at {at} overflows a bucket of {}", dst.len(), self.len);
         let n = dst.len();
         match &self.place {
-            Place::Local(LocalBuf::F16(b)) => unpack_counting(&b[at..at + n], dst),
-            Place::Local(LocalBuf::Bf16(b)) => unpack_counting(&b[at..at + n], dst),
-            Place::Local(LocalBuf::F32(b)) => unpack_counting(&b[at..at + n], dst),
+            Place::Local(LocalBuf::F16(b)) => f16::unpack_counting(&b[at..at + n], dst),
+            Place::Local(LocalBuf::Bf16(b)) => bf16::unpack_counting(&b[at..at + n], dst),
+            Place::Local(LocalBuf::F32(b)) => f32::unpack_counting(&b[at..at + n], dst),
             Place::Shared { window, result, .. } => with_wire_type!(self.dtype, T, { window.read_result::<T>(*result, self.len, at, dst) }),
         }
     }

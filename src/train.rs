@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use serde::Serialize;
 
 use crate::checkpoint;
-use crate::comm::{Collective, Transport};
+use crate::comm::{broadcast_tensor, Collective, Transport};
 use crate::data::loader::{Loader, Plan};
 use crate::data::{batch, load_cifar10, load_mnist, sampler::shard, to_tensors, DataSpec, Dataset, Split, Synthetic};
 use crate::exchange::{GradDtype, GradExchange};
@@ -140,10 +140,7 @@ fn broadcast_from_rank0(store: &ParamStore, comm: &dyn Collective, only_buffers:
         if only_buffers && !crate::params::is_buffer(&name) {
             continue;
         }
-        let t = var.as_tensor();
-        let mut values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        comm.broadcast_f32(&mut values, 0)?;
-        var.set(&Tensor::from_vec(values, t.shape(), &Device::Cpu)?.to_device(t.device())?.to_dtype(t.dtype())?)?;
+        var.set(&broadcast_tensor(comm, var.as_tensor())?)?;
     }
     Ok(())
 }
@@ -198,7 +195,6 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     );
     let total_steps = cfg.steps.unwrap_or(steps_per_epoch * cfg.epochs.max(1));
 
-    let (mut compute_s, mut wait_s, mut comm_s, mut data_s, mut first_step_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let (mut skipped, mut final_loss) = (0usize, f32::NAN);
     let channels = train_data.channels();
     let loader = Loader::spawn(
@@ -278,13 +274,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
             skipped: report.skipped(),
         });
         if step == start_step {
-            first_step_s = (t4 - t0).as_secs_f64();
             after_first = t4;
-        } else {
-            data_s += (t0 - td).as_secs_f64();
-            compute_s += (t1 - t0).as_secs_f64() + (t4 - t3).as_secs_f64();
-            wait_s += (t2 - t1).as_secs_f64();
-            comm_s += (t3 - t2).as_secs_f64();
         }
         on_step(step, total_steps, final_loss, report.skipped());
         let epochs_done = (step + 1) / steps_per_epoch;
@@ -297,6 +287,11 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
             mid_val_s += tv.elapsed().as_secs_f64();
         }
     }
+    // The summary's times come from the records: the first step apart (warm-up), the rest summed.
+    let first_step_s = records.first().map_or(0.0, |r| r.compute_s + r.wait_s + r.comm_s);
+    let later = records.get(1..).unwrap_or(&[]);
+    let sum = |f: fn(&StepRecord) -> f64| later.iter().map(f).sum::<f64>();
+    let (compute_s, wait_s, comm_s, data_s) = (sum(|r| r.compute_s), sum(|r| r.wait_s), sum(|r| r.comm_s), sum(|r| r.data_s));
     let run_steps = total_steps.saturating_sub(start_step);
     let seconds = if run_steps > 1 { after_first.elapsed().as_secs_f64() - mid_val_s } else { first_step_s };
     let timed_images = run_steps.saturating_sub(1).max(1) * cfg.batch_size * info.size;

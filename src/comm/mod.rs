@@ -59,6 +59,13 @@ pub trait Collective {
     }
 }
 
+/// Rank 0's `t`, on every rank (same shape, dtype and device as `t`).
+pub fn broadcast_tensor(comm: &dyn Collective, t: &candle_core::Tensor) -> anyhow::Result<candle_core::Tensor> {
+    let mut values: Vec<f32> = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+    comm.broadcast_f32(&mut values, 0)?;
+    Ok(candle_core::Tensor::from_vec(values, t.shape(), &candle_core::Device::Cpu)?.to_device(t.device())?.to_dtype(t.dtype())?)
+}
+
 /// How ranks on one host exchange gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -164,16 +164,11 @@ impl SharedWindow {
             let q = displs.partition_point(|&d| d <= i) - 1;
             let seg_end = (displs[q] + counts[q]).min(end);
             let src = self.slot::<T>(q, result + (i - displs[q]) * std::mem::size_of::<T>(), seg_end - i);
-            nonfinite += unpack_counting(src, &mut dst[i - from..seg_end - from]);
+            nonfinite += T::unpack_counting(src, &mut dst[i - from..seg_end - from]);
             i = seg_end;
         }
         nonfinite
     }
-}
-
-/// Wire values to f32; returns how many are infinite or NaN.
-pub fn unpack_counting<T: WireElem>(src: &[T], dst: &mut [f32]) -> usize {
-    T::unpack_counting(src, dst)
 }
 
 impl Drop for SharedWindow {
