@@ -47,6 +47,21 @@ fn cuda_device(info: &WorldInfo) -> anyhow::Result<Device> {
         .map_err(|e| anyhow::anyhow!("--device cuda: cannot open GPU {} on host {}: {e}", info.local_rank, info.host))
 }
 
+/// GPU memory in use on `device`'s GPU now, MiB (total - free, as nvidia-smi
+/// shows it: one rank per GPU, so this is the rank's memory plus the CUDA
+/// context); 0 on the CPU. The trainer samples it after every step and keeps
+/// the peak, since candle's allocator keeps no statistics of its own.
+pub fn gpu_memory_in_use_mib(device: &Device) -> f64 {
+    #[cfg(feature = "cuda")]
+    if let Ok(cuda) = device.as_cuda_device() {
+        if let Ok((free, total)) = cuda.cuda_stream().context().mem_get_info() {
+            return (total - free) as f64 / (1024.0 * 1024.0);
+        }
+    }
+    let _ = device;
+    0.0
+}
+
 #[cfg(all(test, not(feature = "cuda")))]
 mod tests {
     use super::*;

@@ -94,7 +94,7 @@ enum Command {
     Train(TrainArgs),
 }
 
-#[derive(Args)]
+#[derive(Args, serde::Serialize)]
 struct TrainArgs {
     /// Network to train
     #[arg(long, value_enum)]
@@ -105,6 +105,7 @@ struct TrainArgs {
     /// Data: synthetic (generated from --seed), mnist:DIR (IDX files, raw or gzip)
     /// or cifar10:DIR (the binary version: data_batch_1..5.bin, test_batch.bin)
     #[arg(long, default_value = "synthetic")]
+    #[serde(serialize_with = "serialize_display")]
     data: DataSpec,
     /// Samples per epoch of synthetic data
     #[arg(long, default_value_t = 1024)]
@@ -181,10 +182,22 @@ struct TrainArgs {
     /// Print a progress line every N steps (rank 0)
     #[arg(long, default_value_t = 10)]
     log_every: usize,
-    /// Directory for summary.json (created; an existing summary is never overwritten)
+    /// Directory for the run's records: config.json, steps.csv (one row per
+    /// step and rank) and summary.json. Created if missing; a directory that
+    /// holds another run's records is refused unless --overwrite.
     #[arg(long, value_name = "DIR")]
     out: Option<std::path::PathBuf>,
+    /// Replace the records of an earlier run in --out
+    #[arg(long)]
+    overwrite: bool,
 }
+
+fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+/// The files `train --out` writes.
+const RECORD_FILES: [&str; 3] = ["config.json", "steps.csv", "summary.json"];
 
 /// Which library carries the collectives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -367,15 +380,15 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     args.model.check(&ModelConfig { dropout: args.dropout, ..ModelConfig::new(args.classes, image_size) })?;
     anyhow::ensure!(args.bucket_mb > 0.0, "--bucket-mb {}: must be above 0", args.bucket_mb);
     anyhow::ensure!(args.lr > 0.0, "--lr {}: must be above 0", args.lr);
-    let summary_path = match &args.out {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--out {}: cannot create the directory: {e}", dir.display()))?;
-            let path = dir.join("summary.json");
-            output::check_new_file(&path, "--out")?;
-            Some(path)
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--out {}: cannot create the directory: {e}", dir.display()))?;
+        if !args.overwrite {
+            if let Some(name) = RECORD_FILES.iter().find(|n| dir.join(n).exists()) {
+                anyhow::bail!("--out {}: holds another run's records ({name}); choose another directory, or pass --overwrite to replace them", dir.display());
+            }
         }
-        None => None,
-    };
+        output::check_writable_dir(dir, "--out")?;
+    }
     anyhow::ensure!(!args.resume || args.checkpoint_dir.is_some(), "--resume needs --checkpoint-dir DIR");
     anyhow::ensure!(args.checkpoint_every.is_none() || args.checkpoint_dir.is_some(), "--checkpoint-every needs --checkpoint-dir DIR");
     if let Some(dir) = &args.checkpoint_dir {
@@ -383,13 +396,6 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     }
     let comm = MpiCollective::new(World::init()?);
     let info = comm.info().clone();
-    // Every rank checks its own record file; all stop together if any would overwrite one.
-    let steps_path = args.out.as_ref().map(|dir| dir.join(format!("steps-rank{}.csv", info.rank)));
-    let clash = steps_path.as_ref().is_some_and(|p| p.exists());
-    let clashes: Vec<u64> = comm.all_gather_u64(u64::from(clash))?;
-    if let Some(r) = clashes.iter().position(|c| *c == 1) {
-        anyhow::bail!("--out {}: steps-rank{r}.csv exists; remove it or choose another directory (records are never overwritten)", args.out.as_ref().unwrap().display());
-    }
     let batch_size = match args.global_batch {
         Some(g) => {
             anyhow::ensure!(
@@ -465,37 +471,41 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if let Some(path) = &steps_path {
-        output::write_atomic(path, candle_mpi::record::to_csv(&s.records).as_bytes())?;
-    }
     if lead {
         for (epoch, acc) in s.val_history.iter().take(s.val_history.len().saturating_sub(1)) {
-            println!("validation after epoch {epoch}: {:.1}%", acc * 100.0);
+            println!("validation after epoch {epoch}: top-1 {:.1}%", acc * 100.0);
         }
-        let busy = (s.compute_s + s.wait_s + s.comm_s + s.data_s).max(1e-12);
-        let val = match s.val_accuracy {
-            Some(a) => format!(", validation accuracy {:.1}% on {} images", a * 100.0, s.val_images),
-            None => String::new(),
+        let t = &s.times;
+        let busy = (t.compute_s + t.wait_s + t.comm_s + t.data_s).max(1e-12);
+        let val = match (s.val_top1, s.val_top5, s.val_loss) {
+            (Some(top1), Some(top5), Some(loss)) => {
+                format!(", validation top-1 {:.1}% top-5 {:.1}% loss {loss:.4} on {} images", top1 * 100.0, top5 * 100.0, s.val_images)
+            }
+            _ => String::new(),
         };
         if s.resumed_from_step > 0 {
             println!("resumed from step {}", s.resumed_from_step);
         }
         println!(
-            "done: {} steps in {:.1} s, {:.1} images/s after the first step (compute {:.0}%, wait {:.0}%, comm {:.0}%, data {:.0}%), {} skipped, final loss {:.4}{val}",
-            s.steps, s.seconds + s.first_step_s, s.images_per_s,
-            100.0 * s.compute_s / busy, 100.0 * s.wait_s / busy, 100.0 * s.comm_s / busy, 100.0 * s.data_s / busy, s.skipped_steps, s.final_loss
+            "done: {} steps in {:.1} s, {:.1} images/s at the median step of {} (compute {:.0}%, wait {:.0}%, comm {:.0}%, data {:.0}%), {} skipped, final loss {:.4}{val}",
+            s.steps - s.resumed_from_step, s.seconds + t.first_step_s, s.images_per_s, report_table::duration(t.step_s_median),
+            100.0 * t.compute_s / busy, 100.0 * t.wait_s / busy, 100.0 * t.comm_s / busy, 100.0 * t.data_s / busy, s.skipped_steps, s.final_loss
         );
         let peak = s.peak_rss_mib.iter().fold(0.0f64, |a, b| a.max(*b));
         println!("peak resident memory: {peak:.0} MiB on the largest of {} rank(s)", s.peak_rss_mib.len());
-        if let Some(path) = summary_path {
-            output::write_atomic(&path, serde_json::to_string_pretty(&s)?.as_bytes())?;
-            println!("summary written to {} (per-step records: steps-rank<R>.csv beside it)", path.display());
+        if let Some(dir) = &args.out {
+            let config = serde_json::json!({ "args": args, "world_size": info.size, "rank0_host": info.host, "ranks_on_rank0_host": info.local_size, "host_cores": threads::host_cores(), "version": env!("CARGO_PKG_VERSION") });
+            output::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+            output::write_atomic(&dir.join("steps.csv"), candle_mpi::record::to_csv(&s.records).as_bytes())?;
+            output::write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&s)?.as_bytes())?;
+            println!("records written to {}: config.json, steps.csv, summary.json", dir.display());
         }
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
+    candle_mpi::memory::keep_freed_memory();
     let cli = Cli::parse();
     let result = threads::configure(cli.global.threads).and_then(|_| match &cli.command {
         Command::Models(args) => run_models(args),

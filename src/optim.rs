@@ -6,10 +6,13 @@
 //!   b = d on the first step, else momentum * b + d
 //!   d = d + momentum * b (Nesterov)  or  d = b
 //!   p = p - lr * d
-//! Written in candle tensor ops, so the same code runs on CPU and GPU.
+//! Written in candle tensor ops for any device; on the CPU the same arithmetic
+//! runs in place, without temporaries (`sgd_cpu.rs`).
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
+
+use crate::sgd_cpu::{MomentumUpdate, ParameterUpdate};
 use serde::Serialize;
 
 /// SGD's settings.
@@ -71,12 +74,17 @@ impl Sgd {
         let m = self.cfg.momentum;
         for ((_, var), buf) in self.params.iter().zip(self.momentum_buffers.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let wd = if decays(var) { self.cfg.weight_decay } else { 0.0 };
+            if var.device().is_cpu() && var.dtype() == DType::F32 {
+                update_in_place(var, &g.contiguous()?, buf, lr, m, wd, self.cfg.nesterov)?;
+                continue;
+            }
             // Detached: the update must not record autograd history, or every
             // momentum buffer would keep the previous step's tensors alive.
             let p = var.as_tensor().detach();
             let mut d = g.detach();
-            if self.cfg.weight_decay > 0.0 && decays(var) {
-                d = (d + (&p * self.cfg.weight_decay)?)?;
+            if wd > 0.0 {
+                d = (d + (&p * wd)?)?;
             }
             if m > 0.0 {
                 let b = match buf.take() {
@@ -90,6 +98,23 @@ impl Sgd {
         }
         Ok(())
     }
+}
+
+/// The same update as `Sgd::step`'s tensor ops, in place on CPU storage (see sgd_cpu.rs).
+fn update_in_place(var: &Var, g: &Tensor, buf: &mut Option<Tensor>, lr: f64, m: f64, wd: f64, nesterov: bool) -> candle_core::Result<()> {
+    let p = var.as_tensor();
+    let (lr, m32, wd) = (lr as f32, m as f32, wd as f32);
+    if m == 0.0 {
+        // No momentum: p -= lr * (g + wd * p), the Nesterov form with m = 0.
+        return p.inplace_op3(g, g, &ParameterUpdate { lr, momentum: 0.0, weight_decay: wd, nesterov: true });
+    }
+    // The first step's buffer is d itself: m * 0 + d.
+    let b = match buf {
+        Some(b) => b.clone(),
+        None => buf.insert(p.zeros_like()?).clone(),
+    };
+    b.inplace_op3(g, p, &MomentumUpdate { momentum: m32, weight_decay: wd })?;
+    p.inplace_op3(&b, g, &ParameterUpdate { lr, momentum: m32, weight_decay: wd, nesterov })
 }
 
 /// How the learning rate changes over training.
@@ -163,8 +188,14 @@ mod tests {
         p
     }
 
+    /// f64 runs the tensor-op update (as on a GPU), f32 the in-place CPU one.
     #[test]
     fn matches_pytorch_update_for_weights_and_biases() {
+        check_against_reference(DType::F64, 1e-12);
+        check_against_reference(DType::F32, 1e-6);
+    }
+
+    fn check_against_reference(dtype: DType, tolerance: f64) {
         let dev = Device::Cpu;
         for cfg in [
             SgdConfig::default(),
@@ -172,23 +203,23 @@ mod tests {
             SgdConfig { momentum: 0.0, nesterov: false, weight_decay: 0.0 },
         ] {
             let w0 = vec![0.5, -1.0, 2.0, 0.25];
-            let weight = Var::from_tensor(&Tensor::from_vec(w0.clone(), (2, 2), &dev).unwrap()).unwrap();
-            let bias = Var::from_tensor(&Tensor::from_vec(w0.clone(), 4, &dev).unwrap()).unwrap();
+            let weight = Var::from_tensor(&Tensor::from_vec(w0.clone(), (2, 2), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::from_vec(w0.clone(), 4, &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
             let mut sgd = Sgd::new(vec![("w".into(), weight.clone()), ("b".into(), bias.clone())], cfg).unwrap();
             let grads: Vec<Vec<f64>> = (0..4).map(|s| (0..4).map(|i| (i as f64 - 1.5) * (s as f64 + 1.0) * 0.1).collect()).collect();
             for g in &grads {
                 let mut store = GradStore::default();
-                store.insert(weight.as_tensor(), Tensor::from_vec(g.clone(), (2, 2), &dev).unwrap());
-                store.insert(bias.as_tensor(), Tensor::from_vec(g.clone(), 4, &dev).unwrap());
+                store.insert(weight.as_tensor(), Tensor::from_vec(g.clone(), (2, 2), &dev).unwrap().to_dtype(dtype).unwrap());
+                store.insert(bias.as_tensor(), Tensor::from_vec(g.clone(), 4, &dev).unwrap().to_dtype(dtype).unwrap());
                 sgd.step(&store, 0.1).unwrap();
             }
-            let got_w: Vec<f64> = weight.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-            let got_b: Vec<f64> = bias.as_tensor().to_vec1().unwrap();
+            let got_w: Vec<f64> = weight.as_tensor().to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let got_b: Vec<f64> = bias.as_tensor().to_dtype(DType::F64).unwrap().to_vec1().unwrap();
             for (g, r) in got_w.iter().zip(reference(&w0, &grads, 0.1, cfg, true)) {
-                assert!((g - r).abs() < 1e-12, "{cfg:?} weight: {g} vs {r}");
+                assert!((g - r).abs() < tolerance, "{dtype:?} {cfg:?} weight: {g} vs {r}");
             }
             for (g, r) in got_b.iter().zip(reference(&w0, &grads, 0.1, cfg, false)) {
-                assert!((g - r).abs() < 1e-12, "{cfg:?} bias (no decay): {g} vs {r}");
+                assert!((g - r).abs() < tolerance, "{dtype:?} {cfg:?} bias (no decay): {g} vs {r}");
             }
         }
         let v = Var::zeros(3, DType::F32, &dev).unwrap();

@@ -18,6 +18,15 @@ pub fn check_new_file(path: &Path, flag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fails unless a file can be created in `dir`, naming the flag: found at
+/// start, not after hours of training.
+pub fn check_writable_dir(dir: &Path, flag: &str) -> anyhow::Result<()> {
+    let probe = dir.join(format!(".candle-mpi-probe.{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| anyhow::anyhow!("{flag} {}: cannot write there: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash
 /// leaves either the old state or the whole new file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

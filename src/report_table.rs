@@ -53,9 +53,27 @@ pub fn models_table(rows: &[ModelSummary]) -> String {
     out
 }
 
+/// A duration for people: "850 us", "12.3 ms", "1.52 s".
+pub fn duration(seconds: f64) -> String {
+    if seconds < 1e-3 {
+        format!("{:.0} us", seconds * 1e6)
+    } else if seconds < 1.0 {
+        format!("{:.1} ms", seconds * 1e3)
+    } else {
+        format!("{seconds:.2} s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_in_the_right_unit() {
+        assert_eq!(duration(0.000_85), "850 us");
+        assert_eq!(duration(0.012_34), "12.3 ms");
+        assert_eq!(duration(1.523), "1.52 s");
+    }
 
     #[test]
     fn thousands_groups_digits() {

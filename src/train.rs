@@ -15,12 +15,14 @@ use serde::Serialize;
 use crate::checkpoint;
 use crate::comm::{broadcast_tensor, Collective, Transport};
 use crate::data::loader::{Loader, Plan};
+use crate::data::folder::ImageFolder;
 use crate::data::{batch, load_cifar10, load_mnist, sampler::shard, to_tensors, DataSpec, Dataset, Split, Synthetic};
 use crate::exchange::{GradDtype, GradExchange};
 use crate::models::{ModelConfig, ModelKind, Network};
 use crate::optim::{LrPlan, Sgd, SgdConfig};
 use crate::params::ParamStore;
-use crate::record::StepRecord;
+use crate::device;
+use crate::record::{self, StepRecord, StepStats};
 
 /// Everything a run is asked to do.
 #[derive(Clone, Debug)]
@@ -85,41 +87,79 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-/// What a run reports (rank 0 writes it; times are this rank's, in seconds).
+/// What a run reports (rank 0 writes it as summary.json). Step times are the
+/// slowest rank's; see `record::StepStats` for how each figure is taken.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainSummary {
     pub model: ModelKind,
+    pub device: &'static str,
     pub world_size: usize,
     pub batch_per_rank: usize,
+    pub global_batch: usize,
+    pub image_size: usize,
+    pub grad_dtype: GradDtype,
+    /// The last step of the run (a resumed run counts from 0).
     pub steps: usize,
-    pub images: usize,
-    /// Wall time of all steps but the first (warm-up), and throughput over them.
-    pub seconds: f64,
-    pub images_per_s: f64,
-    pub first_step_s: f64,
-    pub compute_s: f64,
-    pub wait_s: f64,
-    pub comm_s: f64,
-    /// Time the model waited for the loader thread.
-    pub data_s: f64,
-    pub skipped_steps: usize,
-    pub final_loss: f32,
     /// The step a `--resume` run started from (0 for a fresh run).
     pub resumed_from_step: usize,
-    /// Fraction right on the test split (MNIST-layout data), over `val_images`.
-    pub val_accuracy: Option<f64>,
-    pub val_images: usize,
-    /// (epochs completed, accuracy) of every validation, the final one included.
-    pub val_history: Vec<(usize, f64)>,
+    /// Images this process trained on (all ranks).
+    pub images: usize,
+    /// Wall time of all steps but the first, validations and checkpoints left out.
+    pub seconds: f64,
+    #[serde(flatten)]
+    pub times: StepStats,
+    /// Global batch over the median step time.
+    pub images_per_s: f64,
+    /// The unit of Theano-MPI's tables: seconds to train 5120 images.
+    pub s_per_5120_images: f64,
+    /// Time rank 0 spent writing checkpoints.
+    pub checkpoint_s: f64,
     /// Peak resident memory of each rank, MiB, in rank order.
     pub peak_rss_mib: Vec<f64>,
-    /// This rank's steps (written to steps-rank<R>.csv, not into the summary).
+    /// Peak GPU memory in use on each rank's device, MiB (CUDA runs only).
+    pub gpu_mem_peak_mib: Option<Vec<f64>>,
+    pub skipped_steps: usize,
+    pub final_loss: f32,
+    /// L2 norm of all trainable parameters at the end.
+    pub param_l2: f64,
+    /// Mean loss, top-1 and top-5 fractions on the whole test split (data with one).
+    pub val_loss: Option<f64>,
+    pub val_top1: Option<f64>,
+    pub val_top5: Option<f64>,
+    pub val_images: usize,
+    /// (epochs completed, top-1) of every validation, the final one included.
+    pub val_history: Vec<(usize, f64)>,
+    /// Every rank's steps, by step then rank (written to steps.csv, not into the summary).
     #[serde(skip)]
     pub records: Vec<StepRecord>,
 }
 
-fn open_data(cfg: &TrainConfig, split: Split) -> anyhow::Result<Arc<dyn Dataset>> {
-    Ok(match &cfg.data {
+/// What a validation pass measured over the whole test split.
+#[derive(Clone, Copy, Debug)]
+struct Validation {
+    loss: f64,
+    top1: f64,
+    top5: f64,
+    images: usize,
+}
+
+/// L2 norm of all the parameters, accumulated in f64.
+fn param_l2(params: &[(String, candle_core::Var)]) -> anyhow::Result<f64> {
+    let mut sum = 0f64;
+    for (_, var) in params {
+        let values: Vec<f32> = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        sum += values.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+    }
+    Ok(sum.sqrt())
+}
+
+/// One split of the data; None when the data has no such split (synthetic
+/// data, or an image folder without train/ and val/ has no test split).
+fn open_data(cfg: &TrainConfig, split: Split) -> anyhow::Result<Option<Arc<dyn Dataset>>> {
+    if split == Split::Test && cfg.data == DataSpec::Synthetic {
+        return Ok(None);
+    }
+    Ok(Some(match &cfg.data {
         DataSpec::Synthetic => Arc::new(Synthetic { len: cfg.synthetic_len, classes: cfg.classes, seed: cfg.seed }),
         DataSpec::Mnist(dir) => {
             let d = load_mnist(dir, split)?;
@@ -131,7 +171,14 @@ fn open_data(cfg: &TrainConfig, split: Split) -> anyhow::Result<Arc<dyn Dataset>
             d.check_labels(cfg.classes, &format!("--data cifar10:{}", dir.display()))?;
             Arc::new(d)
         }
-    })
+        DataSpec::Folder(dir) => match ImageFolder::open(dir, split, cfg.seed)? {
+            Some(d) => {
+                d.check_classes(cfg.classes, &format!("--data folder:{}", dir.display()))?;
+                Arc::new(d)
+            }
+            None => return Ok(None),
+        },
+    }))
 }
 
 /// Copies every variable (parameters and buffers) of rank 0 to all ranks.
@@ -150,26 +197,38 @@ fn checkpoint_path(cfg: &TrainConfig) -> anyhow::Result<std::path::PathBuf> {
     Ok(dir.join(checkpoint::FILE_NAME))
 }
 
-/// Accuracy on the test split, each rank on its shard; every rank gets the total.
-fn evaluate(net: &dyn Network, cfg: &TrainConfig, ds: &dyn Dataset, comm: &dyn Collective, device: &Device) -> anyhow::Result<(f64, usize)> {
+/// Loss, top-1 and top-5 on the test split, each rank on its shard; every
+/// rank gets the totals. Top-5 is top-k with k = min(5, classes).
+fn evaluate(net: &dyn Network, cfg: &TrainConfig, ds: &dyn Dataset, comm: &dyn Collective, device: &Device) -> anyhow::Result<Validation> {
     let info = comm.info();
     let mine = shard(ds.len(), 0, cfg.seed, info.rank, info.size, false);
-    let mut correct = 0u64;
+    let k = cfg.classes.min(5);
+    let (mut loss_sum, mut top1, mut top5) = (0f64, 0u64, 0u64);
     for chunk in mine.chunks(cfg.batch_size.max(1)) {
         let (x, y) = batch(ds, chunk, cfg.image_size, device)?;
-        let pred = net.forward_t(&x, false)?.argmax(1)?;
-        correct += pred.eq(&y)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as u64;
+        let logits = net.forward_t(&x, false)?;
+        loss_sum += f64::from(candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()?) * chunk.len() as f64;
+        let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let labels: Vec<u32> = y.to_vec1()?;
+        for (row, &label) in logits.iter().zip(&labels) {
+            let target = row[label as usize];
+            // Rank of the true class: how many classes score above it (ties count against it).
+            let above = row.iter().enumerate().filter(|&(c, &v)| v > target || (v == target && c < label as usize)).count();
+            top1 += u64::from(above == 0);
+            top5 += u64::from(above < k);
+        }
     }
-    let correct: u64 = comm.all_gather_u64(correct)?.iter().sum();
-    let seen = mine.len() * info.size;
-    Ok((correct as f64 / seen.max(1) as f64, seen))
+    let seen = (mine.len() * info.size).max(1) as f64;
+    let sums = comm.all_gather_f64s(&[loss_sum, top1 as f64, top5 as f64])?;
+    let total = |i: usize| sums.chunks(3).map(|c| c[i]).sum::<f64>();
+    Ok(Validation { loss: total(0) / seen, top1: total(1) / seen, top5: total(2) / seen, images: mine.len() * info.size })
 }
 
 /// Trains; `on_step(step, loss, skipped)` sees every step (rank 0 prints from it).
 pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_step: impl FnMut(usize, usize, f32, bool)) -> anyhow::Result<TrainSummary> {
     anyhow::ensure!(cfg.batch_size >= 1, "--batch-size {}: need at least 1 image per rank", cfg.batch_size);
     let info = comm.info().clone();
-    let train_data = open_data(cfg, Split::Train)?;
+    let train_data = open_data(cfg, Split::Train)?.expect("every data source has a training split");
     let model_cfg = ModelConfig {
         in_channels: train_data.channels(),
         dropout: cfg.dropout,
@@ -210,17 +269,15 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
             world: info.size,
         },
     );
-    let test_data = match cfg.data {
-        DataSpec::Mnist(_) | DataSpec::Cifar10(_) => Some(open_data(cfg, Split::Test)?),
-        DataSpec::Synthetic => None,
-    };
+    let test_data = open_data(cfg, Split::Test)?;
     // Batch-norm statistics differ per rank: validate rank 0's, as DDP does.
-    let validate = |net: &dyn Network| -> anyhow::Result<Option<(f64, usize)>> {
+    let validate = |net: &dyn Network| -> anyhow::Result<Option<Validation>> {
         let Some(test) = &test_data else { return Ok(None) };
         broadcast_from_rank0(&store, comm, true)?;
         Ok(Some(evaluate(net, cfg, test.as_ref(), comm, device)?))
     };
     let mut val_history = vec![];
+    let (mut checkpoint_s, mut checkpoint_s_first, mut gpu_peak) = (0.0, 0.0, 0f64);
     // Mid-run validations are not training: their time leaves the throughput.
     let mut mid_val_s = 0.0;
     let start = Instant::now();
@@ -245,6 +302,21 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         } else {
             sgd.step(&grads, lr)?;
         }
+        let t4 = Instant::now();
+        records.push(StepRecord {
+            step: step + 1,
+            rank: info.rank,
+            epoch: step / steps_per_epoch,
+            loss: final_loss,
+            lr,
+            data_s: (t0 - td).as_secs_f64(),
+            compute_s: (t1 - t0).as_secs_f64() + (t4 - t3).as_secs_f64(),
+            wait_s: (t2 - t1).as_secs_f64(),
+            comm_s: (t3 - t2).as_secs_f64(),
+            samples: cfg.batch_size,
+            skipped: report.skipped(),
+        });
+        gpu_peak = gpu_peak.max(device::gpu_memory_in_use_mib(device));
         if desync == Some((info.rank, step + 1)) {
             let (_, var) = &params[0];
             var.set(&(var.as_tensor() + 1e-3)?)?;
@@ -259,74 +331,68 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
             );
         }
         if info.rank == 0 && cfg.checkpoint_every.is_some_and(|k| k > 0 && (step + 1) % k == 0) {
+            let tc = Instant::now();
             checkpoint::write_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &sgd, step + 1)?;
+            checkpoint_s += tc.elapsed().as_secs_f64();
         }
-        let t4 = Instant::now();
-        records.push(StepRecord {
-            step: step + 1,
-            epoch: step / steps_per_epoch,
-            loss: final_loss,
-            lr,
-            data_s: (t0 - td).as_secs_f64(),
-            compute_s: (t1 - t0).as_secs_f64() + (t4 - t3).as_secs_f64(),
-            wait_s: (t2 - t1).as_secs_f64(),
-            comm_s: (t3 - t2).as_secs_f64(),
-            skipped: report.skipped(),
-        });
         if step == start_step {
-            after_first = t4;
+            after_first = Instant::now();
+            checkpoint_s_first = checkpoint_s;
         }
         on_step(step, total_steps, final_loss, report.skipped());
         let epochs_done = (step + 1) / steps_per_epoch;
         let epoch_end = (step + 1) % steps_per_epoch == 0 && step + 1 < total_steps;
         if epoch_end && cfg.val_every.is_some_and(|k| k > 0 && epochs_done % k == 0) {
             let tv = Instant::now();
-            if let Some((acc, _)) = validate(net.as_ref())? {
-                val_history.push((epochs_done, acc));
+            if let Some(v) = validate(net.as_ref())? {
+                val_history.push((epochs_done, v.top1));
             }
             mid_val_s += tv.elapsed().as_secs_f64();
         }
     }
-    // The summary's times come from the records: the first step apart (warm-up), the rest summed.
-    let first_step_s = records.first().map_or(0.0, |r| r.compute_s + r.wait_s + r.comm_s);
-    let later = records.get(1..).unwrap_or(&[]);
-    let sum = |f: fn(&StepRecord) -> f64| later.iter().map(f).sum::<f64>();
-    let (compute_s, wait_s, comm_s, data_s) = (sum(|r| r.compute_s), sum(|r| r.wait_s), sum(|r| r.comm_s), sum(|r| r.data_s));
     let run_steps = total_steps.saturating_sub(start_step);
-    let seconds = if run_steps > 1 { after_first.elapsed().as_secs_f64() - mid_val_s } else { first_step_s };
-    let timed_images = run_steps.saturating_sub(1).max(1) * cfg.batch_size * info.size;
-    if info.rank == 0 && cfg.checkpoint_dir.is_some() && total_steps > start_step {
+    if info.rank == 0 && cfg.checkpoint_dir.is_some() && run_steps > 0 {
+        let tc = Instant::now();
         checkpoint::write_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &sgd, total_steps)?;
+        checkpoint_s += tc.elapsed().as_secs_f64();
     }
-
-    let (val_accuracy, val_images) = match validate(net.as_ref())? {
-        Some((acc, n)) => {
-            val_history.push((total_steps / steps_per_epoch, acc));
-            (Some(acc), n)
-        }
-        None => (None, 0),
-    };
+    let seconds = after_first.elapsed().as_secs_f64() - mid_val_s - (checkpoint_s - checkpoint_s_first);
+    let validation = validate(net.as_ref())?;
+    if let Some(v) = validation {
+        val_history.push((total_steps / steps_per_epoch, v.top1));
+    }
+    let records = record::gather(&records, comm)?;
+    let times = record::step_stats(&records, info.size);
+    let global_batch = cfg.batch_size * info.size;
+    let images_per_s = global_batch as f64 / times.step_s_median.max(1e-12);
     let peak_rss_mib = comm.all_gather_f64(peak_rss_mib())?;
+    let gpu_mem_peak_mib = if device.is_cuda() { Some(comm.all_gather_f64(gpu_peak)?) } else { None };
     Ok(TrainSummary {
         model: cfg.model,
+        device: if device.is_cuda() { "cuda" } else { "cpu" },
         world_size: info.size,
         batch_per_rank: cfg.batch_size,
+        global_batch,
+        image_size: cfg.image_size,
+        grad_dtype: cfg.grad_dtype,
         steps: total_steps,
-        images: run_steps * cfg.batch_size * info.size,
         resumed_from_step: start_step,
+        images: run_steps * global_batch,
         seconds,
-        images_per_s: timed_images as f64 / seconds.max(1e-12),
-        first_step_s,
-        compute_s,
-        wait_s,
-        comm_s,
-        data_s,
+        times,
+        images_per_s,
+        s_per_5120_images: 5120.0 / images_per_s,
+        checkpoint_s,
+        peak_rss_mib,
+        gpu_mem_peak_mib,
         skipped_steps: skipped,
         final_loss,
-        val_accuracy,
-        val_images,
+        param_l2: param_l2(&params)?,
+        val_loss: validation.map(|v| v.loss),
+        val_top1: validation.map(|v| v.top1),
+        val_top5: validation.map(|v| v.top5),
+        val_images: validation.map_or(0, |v| v.images),
         val_history,
-        peak_rss_mib,
         records,
     })
 }

@@ -67,6 +67,6 @@ fn train_reads_cifar_end_to_end() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("validation accuracy"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("validation top-1"));
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -52,6 +52,10 @@ pub trait Collective {
     /// One value from each rank, in rank order (for hashes and counts).
     fn all_gather_u64(&self, value: u64) -> anyhow::Result<Vec<u64>>;
 
+    /// `values` of every rank, concatenated in rank order; every rank must
+    /// pass the same number of values (end-of-run records).
+    fn all_gather_f64s(&self, values: &[f64]) -> anyhow::Result<Vec<f64>>;
+
     /// Collective: `bytes` per rank of memory every rank can read, when the
     /// backend has it (all ranks on one host); None means "use messages".
     fn shared_window(&self, _bytes: usize) -> anyhow::Result<Option<Rc<SharedWindow>>> {

@@ -164,6 +164,19 @@ impl Collective for MpiCollective {
         Ok(out)
     }
 
+    fn all_gather_f64s(&self, values: &[f64]) -> anyhow::Result<Vec<f64>> {
+        let lens = self.all_gather_u64(values.len() as u64)?;
+        anyhow::ensure!(
+            lens.iter().all(|&l| l == values.len() as u64),
+            "ranks gathered different numbers of values: {lens:?}"
+        );
+        let mut out = vec![0f64; values.len() * self.world.info().size];
+        if !values.is_empty() {
+            self.world.comm().all_gather_into(values, &mut out[..]);
+        }
+        Ok(out)
+    }
+
     fn shared_window(&self, bytes: usize) -> anyhow::Result<Option<Rc<SharedWindow>>> {
         SharedWindow::new(&self.world, bytes)
     }

@@ -100,4 +100,8 @@ impl Collective for NcclCollective {
     fn all_gather_u64(&self, value: u64) -> anyhow::Result<Vec<u64>> {
         self.mpi.all_gather_u64(value)
     }
+
+    fn all_gather_f64s(&self, values: &[f64]) -> anyhow::Result<Vec<f64>> {
+        self.mpi.all_gather_f64s(values)
+    }
 }

@@ -50,7 +50,7 @@ impl Loader {
                         order = shard(ds.len(), epoch as u64, plan.seed, plan.rank, plan.world, true);
                     }
                     let at = (step % plan.steps_per_epoch) * plan.batch;
-                    let (pixels, labels) = stack(ds.as_ref(), &order[at..at + plan.batch], plan.size);
+                    let (pixels, labels) = stack(ds.as_ref(), &order[at..at + plan.batch], plan.size, Some(epoch as u64));
                     if tx.send(HostBatch { pixels, labels }).is_err() {
                         return; // the trainer stopped early
                     }

@@ -1,7 +1,9 @@
 //! Data sets: `synthetic` (generated from the seed and each sample's global
-//! index, so every world size sees the same data) and MNIST-layout directories
-//! of IDX files (MNIST itself, and the 8x8 UCI digits under tests/data/digits).
+//! index, so every world size sees the same data), MNIST-layout directories
+//! of IDX files (MNIST itself, and the 8x8 UCI digits under tests/data/digits),
+//! CIFAR-10's binary batches, and folders of JPEG/PNG images (`folder.rs`).
 
+pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod sampler;
@@ -19,6 +21,18 @@ pub enum DataSpec {
     Synthetic,
     Mnist(PathBuf),
     Cifar10(PathBuf),
+    Folder(PathBuf),
+}
+
+impl std::fmt::Display for DataSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataSpec::Synthetic => write!(f, "synthetic"),
+            DataSpec::Mnist(d) => write!(f, "mnist:{}", d.display()),
+            DataSpec::Cifar10(d) => write!(f, "cifar10:{}", d.display()),
+            DataSpec::Folder(d) => write!(f, "folder:{}", d.display()),
+        }
+    }
 }
 
 impl std::str::FromStr for DataSpec {
@@ -28,7 +42,8 @@ impl std::str::FromStr for DataSpec {
             None if s == "synthetic" => Ok(DataSpec::Synthetic),
             Some(("mnist", dir)) if !dir.is_empty() => Ok(DataSpec::Mnist(PathBuf::from(dir))),
             Some(("cifar10", dir)) if !dir.is_empty() => Ok(DataSpec::Cifar10(PathBuf::from(dir))),
-            _ => Err(format!("'{s}' is not a data source: use synthetic, mnist:DIR or cifar10:DIR")),
+            Some(("folder", dir)) if !dir.is_empty() => Ok(DataSpec::Folder(PathBuf::from(dir))),
+            _ => Err(format!("'{s}' is not a data source: use synthetic, mnist:DIR, cifar10:DIR or folder:DIR")),
         }
     }
 }
@@ -43,6 +58,11 @@ pub trait Dataset: Send + Sync {
     fn channels(&self) -> usize;
     /// Writes sample `i` into `out` (channels * size * size values) and returns its label.
     fn sample(&self, i: usize, size: usize, out: &mut [f32]) -> u32;
+    /// Sample `i` as training sees it in `epoch`: augmented where the data set
+    /// augments (a pure function of seed, epoch and index), else as `sample`.
+    fn train_sample(&self, i: usize, size: usize, _epoch: u64, out: &mut [f32]) -> u32 {
+        self.sample(i, size, out)
+    }
 }
 
 /// Random images and labels, a pure function of (seed, index).
@@ -91,17 +111,28 @@ impl Dataset for LabelledImages {
     }
 }
 
-/// Samples `indices` of `ds` stacked on the host: pixels (N, C, size, size) and labels.
-pub fn stack(ds: &dyn Dataset, indices: &[usize], size: usize) -> (Vec<f32>, Vec<u32>) {
+/// Samples `indices` of `ds` stacked on the host: pixels (N, C, size, size)
+/// and labels; as training sees them in `epoch` when it is given.
+pub fn stack(ds: &dyn Dataset, indices: &[usize], size: usize, epoch: Option<u64>) -> (Vec<f32>, Vec<u32>) {
     let per = ds.channels() * size * size;
     let mut pixels = vec![0f32; indices.len() * per];
-    let labels = indices.iter().enumerate().map(|(k, &i)| ds.sample(i, size, &mut pixels[k * per..(k + 1) * per])).collect();
+    let labels = indices
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let out = &mut pixels[k * per..(k + 1) * per];
+            match epoch {
+                Some(e) => ds.train_sample(i, size, e, out),
+                None => ds.sample(i, size, out),
+            }
+        })
+        .collect();
     (pixels, labels)
 }
 
 /// Samples `indices` of `ds` as an (N, C, size, size) tensor and labels on `device`.
 pub fn batch(ds: &dyn Dataset, indices: &[usize], size: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let (pixels, labels) = stack(ds, indices, size);
+    let (pixels, labels) = stack(ds, indices, size, None);
     to_tensors(pixels, labels, ds.channels(), size, device)
 }
 
