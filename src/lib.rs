@@ -4,6 +4,8 @@
 //! See `../shared/design.md` for the layout and data flow; `README.md` for use.
 
 pub mod allreduce;
+pub mod bench;
+pub mod bind;
 pub mod checkpoint;
 pub mod comm;
 pub mod data;
@@ -14,7 +16,9 @@ pub mod models;
 pub mod optim;
 pub mod output;
 pub mod params;
+pub mod plots;
 pub mod record;
+pub mod report;
 pub mod sgd_cpu;
 pub mod report_table;
 pub mod rng;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use candle_mpi::allreduce::{self, AllreduceConfig};
+use candle_mpi::bench::{self, BenchConfig, Mode};
+use candle_mpi::bind::{self, BindMode};
 use candle_mpi::comm::{Collective, MpiCollective, Transport, World};
 use candle_mpi::exchange::GradDtype;
 use candle_mpi::data::DataSpec;
@@ -31,6 +33,9 @@ use candle_mpi::{output, report_table, threads};
 ///   mpirun -np 2 candle-mpi train --model small --data mnist:tests/data/digits \
 ///       --image-size 8 --classes 10 --batch-size 16 --epochs 15
 ///                                           data-parallel training on 2 ranks
+///   candle-mpi bench --models alexnet,resnet50 --workers 1,2,4,8 --image-size 64 --out runs/sweep
+///                                           the speed-up sweep (starts mpirun itself)
+///   candle-mpi report runs/sweep            tables and figures of a sweep
 #[derive(Parser)]
 #[command(name = "candle-mpi", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -92,6 +97,139 @@ enum Command {
     /// first step is reported apart (warm-up).
     #[command(verbatim_doc_comment)]
     Train(TrainArgs),
+    /// The speed-up sweep: one mpirun per network, worker count and repeat.
+    ///
+    /// For each network, each N of --workers and each repeat, starts
+    ///   <launcher with {np}=N> [--oversubscribe] [--hostfile F] candle-mpi train ... --out OUT/runs/<run>
+    /// on synthetic data (--warmup + --steps steps; the warm-up steps are left out
+    /// of the step times). --oversubscribe is added only when N exceeds the host's
+    /// cores, and such runs are marked in the records and the report.
+    ///
+    /// Beside each N > 1 it measures the host's ceiling: N independent
+    /// single-process trainings started together, each with one rank's batch and
+    /// share of the cores, no exchange. Their summed throughput is what this host
+    /// could give N workers if communication were free (--no-ceiling skips it).
+    ///
+    /// A failed run is recorded with its stderr tail and the sweep goes on; running
+    /// the same command again skips the runs already recorded as done, so an
+    /// interrupted sweep resumes. Then run `candle-mpi report OUT`.
+    ///
+    /// Weak scaling (--mode weak, default) keeps --batch-size per worker; strong
+    /// scaling (--mode strong) splits --global-batch over the workers.
+    #[command(verbatim_doc_comment)]
+    Bench(BenchArgs),
+    /// Tables and figures of a sweep made by `bench`.
+    ///
+    /// Reads OUT/runs/*/ (run.json and the trainings' summary.json) and writes,
+    /// into --out (default: the sweep directory): report.md (machine, tables per
+    /// network, figures), runs.csv (every run; the columns of the seed's timing
+    /// analysis, type,process,size_dataset,num_epochs,tot_time,iter_time, then
+    /// ours), and speedup / breakdown / efficiency as SVG and PNG.
+    #[command(verbatim_doc_comment)]
+    Report(ReportArgs),
+    /// Run a command bound to this rank's share of the host (numactl).
+    ///
+    /// Under mpirun, for each rank:
+    ///   mpirun -np 8 candle-mpi bind --mode numa -- candle-mpi train ...
+    /// core: local rank r of n gets the r-th equal slice of the host's cores;
+    /// numa: CPUs and memory of the NUMA node of the rank's GPU (sysfs), or, on
+    /// CPU runs (--cpu), ranks spread over the nodes. Prints what it did on stderr.
+    /// scripts/bind.sh is the same for launch lines written by hand.
+    #[command(verbatim_doc_comment)]
+    Bind(BindArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Networks, comma separated
+    #[arg(long, value_delimiter = ',', required = true, value_name = "NAMES")]
+    models: Vec<ModelKind>,
+    /// Worker counts, comma separated
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8", value_name = "N,...")]
+    workers: Vec<usize>,
+    /// weak: --batch-size per worker; strong: --global-batch split over the workers
+    #[arg(long, value_enum, default_value_t = Mode::Weak)]
+    mode: Mode,
+    /// Images per worker per step (weak scaling)
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Images per step over all workers (strong scaling); must divide by every worker count
+    #[arg(long, value_name = "G")]
+    global_batch: Option<usize>,
+    /// Input side in pixels [default: the network's own]
+    #[arg(long, value_name = "PIXELS")]
+    image_size: Option<usize>,
+    /// Classes of the classifier
+    #[arg(long, default_value_t = 1000, value_name = "K")]
+    classes: usize,
+    /// Timed steps per run
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Steps before the timed ones (left out of the step times)
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Runs of each network and worker count (speed-ups get a mean and std)
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Where each rank computes
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+    /// Element type gradients travel in
+    #[arg(long, value_enum, default_value_t = GradDtype::F16)]
+    grad_dtype: GradDtype,
+    /// Pin each rank with numactl (see `candle-mpi bind --help`)
+    #[arg(long, value_enum, default_value_t = BindMode::None)]
+    bind: BindMode,
+    /// How to start N workers; {np} is replaced by N, the train command is appended
+    #[arg(long, default_value = "mpirun -np {np}", value_name = "TEMPLATE")]
+    launcher: String,
+    /// Passed to the launcher as --hostfile F (several hosts)
+    #[arg(long, value_name = "FILE")]
+    hostfile: Option<std::path::PathBuf>,
+    /// Data of every run (see `train --help`)
+    #[arg(long, default_value = "synthetic")]
+    data: DataSpec,
+    /// Skip the host-ceiling runs
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Kill a run that takes longer than this, in seconds (recorded as failed)
+    #[arg(long, default_value_t = 1800, value_name = "S")]
+    run_timeout: u64,
+    /// Directory of the sweep (created; an interrupted sweep there resumes)
+    #[arg(long, value_name = "DIR")]
+    out: std::path::PathBuf,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The --out directory of a `bench` sweep
+    #[arg(value_name = "DIR")]
+    dir: std::path::PathBuf,
+    /// Where to write the report [default: DIR]
+    #[arg(long, value_name = "DIR")]
+    out: Option<std::path::PathBuf>,
+    /// Add a published reference to the speed-up figure and the report
+    #[arg(long, value_enum)]
+    reference: Option<Reference>,
+}
+
+/// Published figures a report can be drawn against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Reference {
+    /// Theano-MPI on 8 K80 GPUs with NCCL, fp16 (arXiv 1605.08325)
+    TheanoMpi,
+}
+
+#[derive(Args)]
+struct BindArgs {
+    #[arg(long, value_enum)]
+    mode: BindMode,
+    /// Bind as a CPU run even if the host has GPUs
+    #[arg(long)]
+    cpu: bool,
+    /// The command to run, after --
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 #[derive(Args, serde::Serialize)]
@@ -179,6 +317,9 @@ struct TrainArgs {
     /// Continue from the checkpoint in --checkpoint-dir: weights, momentum and step
     #[arg(long)]
     resume: bool,
+    /// Steps left out of the step-time statistics (warm-up); the first step is always reported apart
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    warmup_steps: usize,
     /// Print a progress line every N steps (rank 0)
     #[arg(long, default_value_t = 10)]
     log_every: usize,
@@ -431,6 +572,7 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         checkpoint_every: args.checkpoint_every,
         resume: args.resume,
         val_every: args.val_every,
+        warmup_steps: args.warmup_steps,
     };
     let lead = info.rank == 0;
     if lead {
@@ -504,6 +646,106 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let cfg = BenchConfig {
+        exe: std::env::current_exe()?,
+        models: args.models.clone(),
+        workers: args.workers.clone(),
+        mode: args.mode,
+        batch_size: args.batch_size,
+        global_batch: args.global_batch,
+        image_size: args.image_size,
+        classes: args.classes,
+        steps: args.steps,
+        warmup: args.warmup,
+        repeat: args.repeat,
+        device: args.device,
+        grad_dtype: args.grad_dtype,
+        bind: args.bind,
+        launcher: args.launcher.clone(),
+        hostfile: args.hostfile.clone(),
+        data: args.data.to_string(),
+        ceiling: !args.no_ceiling,
+        run_timeout: std::time::Duration::from_secs(args.run_timeout),
+        out: args.out.clone(),
+    };
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.out).map_err(|e| anyhow::anyhow!("--out {}: cannot create the directory: {e}", cfg.out.display()))?;
+    output::check_writable_dir(&cfg.out, "--out")?;
+    let machine = bench::MachineInfo::detect();
+    output::write_atomic(&cfg.out.join("machine.json"), serde_json::to_string_pretty(&machine)?.as_bytes())?;
+    let plan = cfg.plan();
+    let todo: Vec<&bench::RunSpec> = plan.iter().filter(|s| !bench::recorded_ok(&cfg.out, s)).collect();
+    println!(
+        "sweep of {} run(s) on {} ({} cores) into {}: {} already recorded, {} to run",
+        plan.len(), machine.host, machine.cores, cfg.out.display(), plan.len() - todo.len(), todo.len()
+    );
+    if cfg.workers.iter().any(|&n| n > machine.cores) {
+        println!("note: runs of more workers than the host's {} cores are oversubscribed (marked in the records); they cannot speed up", machine.cores);
+    }
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = indicatif::ProgressBar::new(todo.len() as u64);
+    if on_terminal {
+        bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs  {elapsed_precise} elapsed, eta {eta}  {msg}").expect("valid template"));
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let start = std::time::Instant::now();
+    let mut failed = 0;
+    for spec in &todo {
+        bar.set_message(spec.name());
+        let rec = bench::execute(&cfg, spec)?;
+        let line = if rec.ok {
+            format!("{:<40} done in {:.1} s", spec.name(), rec.wall_s)
+        } else {
+            failed += 1;
+            format!("{:<40} FAILED after {:.1} s: {}", spec.name(), rec.wall_s, rec.error.as_deref().unwrap_or("").lines().last().unwrap_or(""))
+        };
+        bar.println(&line);
+        if !on_terminal {
+            println!("{line}");
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "sweep done: {} run(s) in {}, {failed} failed; records in {}. Next: candle-mpi report {}",
+        todo.len(), report_table::duration(start.elapsed().as_secs_f64()), cfg.out.display(), cfg.out.display()
+    );
+    anyhow::ensure!(failed == 0, "{failed} run(s) failed (see above and runs/*/run.json); the others are recorded, and running the same command again retries only the failed ones");
+    Ok(())
+}
+
+fn run_report(args: &ReportArgs) -> anyhow::Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| args.dir.clone());
+    let path = candle_mpi::report::write(&args.dir, &out, args.reference == Some(Reference::TheanoMpi))?;
+    println!("report written to {} (figures speedup, breakdown, efficiency as .svg and .png; runs.csv beside it)", path.display());
+    Ok(())
+}
+
+fn run_bind(args: &BindArgs) -> anyhow::Result<()> {
+    let topo = bind::Topology::read(std::path::Path::new("/sys"));
+    let (local_rank, local_size) = bind::local_rank_and_size();
+    let gpu = (!args.cpu && !topo.gpu_nodes.is_empty()).then(|| bind::gpu_of(local_rank));
+    let (numactl_args, said) = bind::plan(&topo, args.mode, local_rank, local_size, gpu);
+    let have_numactl = std::process::Command::new("numactl").arg("--show").output().is_ok_and(|o| o.status.success());
+    let mut cmd = if numactl_args.is_empty() || !have_numactl {
+        if !numactl_args.is_empty() {
+            eprintln!("bind: numactl is not installed (scripts/setup.sh installs it); running unbound");
+        }
+        let mut c = std::process::Command::new(&args.command[0]);
+        c.args(&args.command[1..]);
+        c
+    } else {
+        eprintln!("bind: {said}: numactl {}", numactl_args.join(" "));
+        let mut c = std::process::Command::new("numactl");
+        c.args(&numactl_args).args(&args.command);
+        c
+    };
+    let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+    anyhow::bail!("bind: cannot run `{}`: {err}", args.command[0])
+}
+
 fn main() -> ExitCode {
     candle_mpi::memory::keep_freed_memory();
     let cli = Cli::parse();
@@ -511,6 +753,9 @@ fn main() -> ExitCode {
         Command::Models(args) => run_models(args),
         Command::Allreduce(args) => run_allreduce(args),
         Command::Train(args) => run_train(args),
+        Command::Bench(args) => run_bench(args),
+        Command::Report(args) => run_report(args),
+        Command::Bind(args) => run_bind(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

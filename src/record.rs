@@ -122,13 +122,15 @@ pub struct StepStats {
     pub data_s: f64,
 }
 
-/// `all` ordered by step then rank, as `gather` returns it.
-pub fn step_stats(all: &[StepRecord], world: usize) -> StepStats {
+/// `all` ordered by step then rank, as `gather` returns it; the first
+/// `warmup` steps (at least 1) are left out of all but `first_step_s`.
+pub fn step_stats(all: &[StepRecord], world: usize, warmup: usize) -> StepStats {
     let steps: Vec<&[StepRecord]> = all.chunks(world.max(1)).collect();
     let slowest = |rows: &[StepRecord]| rows.iter().map(StepRecord::total_s).fold(0.0, f64::max);
-    let Some((first, later)) = steps.split_first() else { return StepStats::default() };
-    // A one-step run has only its warm-up step to report.
-    let later: Vec<&[StepRecord]> = if later.is_empty() { vec![*first] } else { later.to_vec() };
+    let Some(first) = steps.first() else { return StepStats::default() };
+    // A run no longer than its warm-up has only those steps to report.
+    let skip = warmup.max(1);
+    let later: Vec<&[StepRecord]> = if steps.len() > skip { steps[skip..].to_vec() } else { steps.clone() };
     let times: Vec<f64> = later.iter().map(|rows| slowest(rows)).collect();
     let part = |f: fn(&StepRecord) -> f64| median(&later.iter().map(|rows| mean(&rows.iter().map(f).collect::<Vec<_>>())).collect::<Vec<_>>());
     StepStats {
@@ -183,12 +185,14 @@ mod tests {
             rec(4, 0, 1.0, 0.5),
             rec(4, 1, 1.5, 0.0),
         ];
-        let s = step_stats(&all, 2);
+        let s = step_stats(&all, 2, 1);
         assert_eq!(s.first_step_s, 6.25);
         assert_eq!(s.step_s_median, 1.75);
         assert!((s.step_s_mean - 1.916_666_666).abs() < 1e-8);
         assert_eq!(s.compute_s, 1.25);
         assert_eq!(s.wait_s, 0.25);
         assert_eq!(s.comm_s, 0.25);
+        let w = step_stats(&all, 2, 2);
+        assert_eq!((w.first_step_s, w.step_s_median), (6.25, 2.5), "two warm-up steps: steps 3 and 4 remain");
     }
 }

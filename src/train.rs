@@ -54,6 +54,8 @@ pub struct TrainConfig {
     pub resume: bool,
     /// Validate every this many epochs as well as at the end (data with a test split).
     pub val_every: Option<usize>,
+    /// Steps left out of the step-time statistics (at least the first).
+    pub warmup_steps: usize,
 }
 
 /// A test aid: `CANDLE_MPI_FAULT=desync:RANK:STEP` nudges rank RANK's first
@@ -362,7 +364,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         val_history.push((total_steps / steps_per_epoch, v.top1));
     }
     let records = record::gather(&records, comm)?;
-    let times = record::step_stats(&records, info.size);
+    let times = record::step_stats(&records, info.size, cfg.warmup_steps);
     let global_batch = cfg.batch_size * info.size;
     let images_per_s = global_batch as f64 / times.step_s_median.max(1e-12);
     let peak_rss_mib = comm.all_gather_f64(peak_rss_mib())?;
