@@ -11,7 +11,10 @@ cd "$(dirname "$0")/.."
 #   libffi-dev                   rsmpi's user-defined reduction operations
 #   pkg-config                   how rsmpi finds MPI
 #   numactl, hwloc               rank binding (scripts/bind.sh) and topology
-PACKAGES=(openmpi-bin libopenmpi-dev libclang-dev clang libffi-dev pkg-config numactl hwloc)
+#   libfontconfig1-dev, libfreetype-dev, fonts-dejavu-core
+#                                the report's figures: plotters finds and draws a font through them
+PACKAGES=(openmpi-bin libopenmpi-dev libclang-dev clang libffi-dev pkg-config numactl hwloc
+          libfontconfig1-dev libfreetype-dev fonts-dejavu-core)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

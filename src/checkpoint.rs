@@ -59,6 +59,12 @@ impl CheckpointMeta {
 
 /// Writes `model` and `momentum` tensors (by name) with `meta` to `path`, atomically.
 pub fn save(path: &Path, meta: &CheckpointMeta, model: &[(String, Tensor)], momentum: &[(String, Tensor)]) -> anyhow::Result<()> {
+    save_then(path, meta, model, momentum, || ())
+}
+
+/// `save`, calling `before_rename` between writing the temporary file and
+/// renaming it (where the crash test kills the process).
+fn save_then(path: &Path, meta: &CheckpointMeta, model: &[(String, Tensor)], momentum: &[(String, Tensor)], before_rename: impl FnOnce()) -> anyhow::Result<()> {
     let mut named: Vec<(String, Tensor)> = Vec::with_capacity(model.len() + momentum.len());
     for (n, t) in model {
         named.push((format!("model/{n}"), t.to_device(&Device::Cpu)?.contiguous()?));
@@ -70,6 +76,9 @@ pub fn save(path: &Path, meta: &CheckpointMeta, model: &[(String, Tensor)], mome
     let tmp = path.with_file_name(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
     safetensors::serialize_to_file(named.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.to_map()), &tmp)
         .map_err(|e| anyhow::anyhow!("cannot write checkpoint {}: {e}", tmp.display()))?;
+    // On disk before it takes the old one's name, so a power cut cannot leave a torn file.
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| anyhow::anyhow!("cannot sync checkpoint {}: {e}", tmp.display()))?;
+    before_rename();
     std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
     Ok(())
 }
@@ -100,11 +109,16 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
 }
 
 /// Rank 0's checkpoint of a run after `step` steps: every variable and SGD's momentum.
-pub fn write_run(path: &Path, model: ModelKind, model_cfg: &ModelConfig, store: &ParamStore, sgd: &Sgd, step: usize) -> anyhow::Result<()> {
+/// `crash_before_rename` is the fault-injection test aid (ckpt-kill).
+pub fn write_run(path: &Path, model: ModelKind, model_cfg: &ModelConfig, store: &ParamStore, sgd: &Sgd, step: usize, crash_before_rename: bool) -> anyhow::Result<()> {
     let meta = CheckpointMeta { model: model.name().to_string(), classes: model_cfg.num_classes, in_channels: model_cfg.in_channels, step };
     let vars: Vec<(String, Tensor)> = store.all_sorted().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
     let momentum: Vec<(String, Tensor)> = sgd.momentum().into_iter().filter_map(|(n, b)| b.map(|b| (n, b))).collect();
-    save(path, &meta, &vars, &momentum)
+    save_then(path, &meta, &vars, &momentum, || {
+        if crash_before_rename {
+            crate::fault::kill_now(0, &format!("after writing the step-{step} checkpoint, before renaming it"));
+        }
+    })
 }
 
 /// Rank 0 reads the checkpoint into the model and the optimizer; the model then

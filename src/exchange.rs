@@ -70,6 +70,19 @@ pub struct Piece {
 
 /// Cuts `sizes` (elements per parameter, in exchange order) into buckets of
 /// `bucket_elems` elements; the last bucket holds the rest.
+/// The bucket layout `GradExchange::new` would make, as text (parameter names
+/// in exchange order, then bucket lengths): what the start-up check compares
+/// across ranks before any collective depends on it.
+pub fn bucket_layout(params: &[(String, Var)], bucket_bytes: usize, dtype: GradDtype) -> String {
+    let mut named: Vec<(&str, usize)> = params.iter().map(|(n, v)| (n.as_str(), v.elem_count())).collect();
+    named.sort();
+    let sizes: Vec<usize> = named.iter().map(|(_, s)| *s).collect();
+    let lens: Vec<String> =
+        plan_buckets(&sizes, (bucket_bytes / dtype.size()).max(1)).iter().map(|p| p.iter().map(|x| x.len).sum::<usize>().to_string()).collect();
+    let names: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
+    format!("{} | {}", names.join(","), lens.join(","))
+}
+
 pub fn plan_buckets(sizes: &[usize], bucket_elems: usize) -> Vec<Vec<Piece>> {
     assert!(bucket_elems > 0);
     let mut buckets: Vec<Vec<Piece>> = vec![];
@@ -268,6 +281,7 @@ pub struct GradExchange {
 }
 
 impl GradExchange {
+
     /// Collective: plans the exchange of `params` (any order: they are sorted
     /// by name here) and allocates its buckets.
     pub fn new(params: &[(String, Var)], bucket_bytes: usize, dtype: GradDtype, comm: &dyn Collective, transport: Transport) -> anyhow::Result<Self> {

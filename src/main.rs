@@ -331,6 +331,22 @@ struct TrainArgs {
     /// Replace the records of an earlier run in --out
     #[arg(long)]
     overwrite: bool,
+    /// A rank that waits longer than this in a collective (a dead or stuck
+    /// peer) ends the job, naming the step and the missing ranks; 0 waits for ever
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    collective_timeout: f64,
+    /// Stop after this many consecutive steps skipped for a non-finite gradient
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    max_skips: usize,
+    /// Test aid: make rank RANK fail at step STEP (KIND: kill, hang, exit,
+    /// overflow, nan, desync, ckpt-kill); also read from CANDLE_MPI_FAULT
+    #[arg(long, value_name = "RANK:STEP:KIND")]
+    #[serde(serialize_with = "serialize_debug")]
+    fault_inject: Option<candle_mpi::fault::Fault>,
+}
+
+fn serialize_debug<T: std::fmt::Debug, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format!("{value:?}"))
 }
 
 fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -521,6 +537,11 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     args.model.check(&ModelConfig { dropout: args.dropout, ..ModelConfig::new(args.classes, image_size) })?;
     anyhow::ensure!(args.bucket_mb > 0.0, "--bucket-mb {}: must be above 0", args.bucket_mb);
     anyhow::ensure!(args.lr > 0.0, "--lr {}: must be above 0", args.lr);
+    anyhow::ensure!(
+        args.collective_timeout >= 0.0 && args.collective_timeout.is_finite(),
+        "--collective-timeout {}: give seconds, 0 or more (0 waits for ever)",
+        args.collective_timeout
+    );
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--out {}: cannot create the directory: {e}", dir.display()))?;
         if !args.overwrite {
@@ -573,6 +594,9 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         resume: args.resume,
         val_every: args.val_every,
         warmup_steps: args.warmup_steps,
+        collective_timeout: std::time::Duration::from_secs_f64(args.collective_timeout),
+        max_skips: args.max_skips,
+        fault: candle_mpi::fault::resolve(args.fault_inject)?,
     };
     let lead = info.rank == 0;
     if lead {
@@ -586,7 +610,7 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     let mut bar: Option<indicatif::ProgressBar> = None;
     let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let images_per_step = (cfg.batch_size * info.size) as f64;
-    let s = train::run(&cfg, &comm, &dev, |step, total, loss, skipped| {
+    let result = train::run(&cfg, &comm, &dev, |step, total, loss, skipped| {
         if lead && on_terminal {
             let b = bar.get_or_insert_with(|| {
                 let b = indicatif::ProgressBar::new(total as u64);
@@ -603,16 +627,25 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         } else if lead && ((step + 1) % log_every == 0 || step + 1 == total) {
             println!("step {:>6}/{total}  loss {loss:.4}{}", step + 1, if skipped { "  (skipped: non-finite gradient)" } else { "" });
         }
-        if lead && skipped && on_terminal {
-            eprintln!("step {} skipped: non-finite gradient after the exchange", step + 1);
+        if lead && skipped {
+            eprintln!("step {} skipped: non-finite gradient after the exchange (weights not updated)", step + 1);
         }
         if skipped && !lead {
             eprintln!("rank {}: step {} skipped: non-finite gradient after the exchange", info.rank, step + 1);
         }
-    })?;
+    });
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let s = match result {
+        Ok(s) => s,
+        // One rank's error leaves the others waiting in a collective: end them all.
+        Err(e) if info.size > 1 => {
+            eprintln!("rank {}: error: {e:#}", info.rank);
+            comm.abort(1)
+        }
+        Err(e) => return Err(e),
+    };
     if lead {
         for (epoch, acc) in s.val_history.iter().take(s.val_history.len().saturating_sub(1)) {
             println!("validation after epoch {epoch}: top-1 {:.1}%", acc * 100.0);

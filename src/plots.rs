@@ -140,7 +140,7 @@ where
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(55)
-            .build_cartesian_2d(0f64..rows.len() as f64, 0f64..y_max)?;
+            .build_cartesian_2d(-0.5f64..rows.len() as f64 - 0.5, 0f64..y_max)?;
         let names: Vec<String> = rows.iter().map(|r| format!("{}{}", r.workers, if r.oversubscribed { "*" } else { "" })).collect();
         chart
             .configure_mesh()
@@ -148,13 +148,13 @@ where
             .x_desc("workers (* oversubscribed)")
             .y_desc("s per 5120 images")
             .x_labels(rows.len().max(1))
-            .x_label_formatter(&|x| names.get(x.floor() as usize).cloned().unwrap_or_default())
+            .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 { names.get(x.round() as usize).cloned().unwrap_or_default() } else { String::new() })
             .draw()?;
         for (p, (name, c, get)) in parts.iter().enumerate() {
             let bars = rows.iter().enumerate().map(|(i, r)| {
                 let below: f64 = parts[..p].iter().map(|(_, _, g)| g(r)).sum();
                 let x = i as f64;
-                Rectangle::new([(x + 0.2, below), (x + 0.8, below + get(r))], c.filled())
+                Rectangle::new([(x - 0.3, below), (x + 0.3, below + get(r))], c.filled())
             });
             let c = *c;
             chart.draw_series(bars)?.label(*name).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));

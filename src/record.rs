@@ -193,6 +193,6 @@ mod tests {
         assert_eq!(s.wait_s, 0.25);
         assert_eq!(s.comm_s, 0.25);
         let w = step_stats(&all, 2, 2);
-        assert_eq!((w.first_step_s, w.step_s_median), (6.25, 2.5), "two warm-up steps: steps 3 and 4 remain");
+        assert_eq!((w.first_step_s, w.step_s_median), (6.25, 2.0), "two warm-up steps: steps 3 (2.25 s) and 4 (1.75 s) remain");
     }
 }

@@ -17,11 +17,13 @@ use crate::comm::{broadcast_tensor, Collective, Transport};
 use crate::data::loader::{Loader, Plan};
 use crate::data::folder::ImageFolder;
 use crate::data::{batch, load_cifar10, load_mnist, sampler::shard, to_tensors, DataSpec, Dataset, Split, Synthetic};
-use crate::exchange::{GradDtype, GradExchange};
+use crate::exchange::{bucket_layout, GradDtype, GradExchange};
 use crate::models::{ModelConfig, ModelKind, Network};
 use crate::optim::{LrPlan, Sgd, SgdConfig};
 use crate::params::ParamStore;
 use crate::device;
+use crate::fault::{self, Fault, FaultKind};
+use crate::watchdog::Watchdog;
 use crate::record::{self, StepRecord, StepStats};
 
 /// Everything a run is asked to do.
@@ -56,17 +58,52 @@ pub struct TrainConfig {
     pub val_every: Option<usize>,
     /// Steps left out of the step-time statistics (at least the first).
     pub warmup_steps: usize,
+    /// A rank waiting longer than this in a collective ends the job (zero: never).
+    pub collective_timeout: std::time::Duration,
+    /// Consecutive skipped steps after which the run stops.
+    pub max_skips: usize,
+    /// Test aid: a fault to inject (see fault.rs).
+    pub fault: Option<Fault>,
 }
 
-/// A test aid: `CANDLE_MPI_FAULT=desync:RANK:STEP` nudges rank RANK's first
-/// parameter after step STEP, so that tests can show `--verify-sync` catching it.
-fn injected_desync() -> Option<(usize, usize)> {
-    let spec = std::env::var("CANDLE_MPI_FAULT").ok()?;
-    let mut parts = spec.split(':');
-    match (parts.next(), parts.next().and_then(|r| r.parse().ok()), parts.next().and_then(|s| s.parse().ok())) {
-        (Some("desync"), Some(rank), Some(step)) => Some((rank, step)),
-        _ => None,
+/// Collective: before any gradient travels, every rank compares what it is
+/// about to run with rank 0 (a hash per field) and all stop, naming the ranks
+/// and fields that differ: ranks that disagree on the network, the bucket
+/// layout or the flags would otherwise exchange mismatched buffers.
+fn handshake(cfg: &TrainConfig, params: &[(String, candle_core::Var)], comm: &dyn Collective) -> anyhow::Result<()> {
+    let hash = |text: String| -> f64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for b in text.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // 52 bits travel exactly in an f64.
+        (h & ((1 << 52) - 1)) as f64
+    };
+    let shapes: String = params.iter().map(|(n, v)| format!("{n}{:?};", v.dims())).collect();
+    let fields: [(&str, String); 6] = [
+        ("network", format!("{} {} classes {} px", cfg.model, cfg.classes, cfg.image_size)),
+        ("parameter shapes", shapes),
+        ("gradient dtype", format!("{:?}", cfg.grad_dtype)),
+        ("bucket layout", bucket_layout(params, cfg.bucket_bytes, cfg.grad_dtype)),
+        ("batch and steps", format!("{} {:?} {}", cfg.batch_size, cfg.steps, cfg.epochs)),
+        ("optimizer and seed", format!("{:?} {:?} {}", cfg.lr, cfg.sgd, cfg.seed)),
+    ];
+    let mine: Vec<f64> = fields.iter().map(|(_, v)| hash(v.clone())).collect();
+    let all = comm.all_gather_f64s(&mine)?;
+    let n = fields.len();
+    let mut differ = vec![];
+    for (r, theirs) in all.chunks(n).enumerate().skip(1) {
+        let names: Vec<&str> = (0..n).filter(|&i| theirs[i] != all[i]).map(|i| fields[i].0).collect();
+        if !names.is_empty() {
+            differ.push(format!("rank {r} ({})", names.join(", ")));
+        }
     }
+    anyhow::ensure!(
+        differ.is_empty(),
+        "start-up check: {} differ from rank 0; every rank must run the same command and build",
+        differ.join("; ")
+    );
+    Ok(())
 }
 
 /// FNV-1a over the bits of every trainable parameter, in name order.
@@ -242,8 +279,11 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     let mut sgd = Sgd::new(params.clone(), cfg.sgd)?;
     let start_step = if cfg.resume { checkpoint::resume_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &mut sgd, comm)? } else { 0 };
     broadcast_from_rank0(&store, comm, false)?;
+    handshake(cfg, &params, comm)?;
     let mut exchange = GradExchange::new(&params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport)?;
-    let desync = injected_desync();
+    let mut watchdog = Watchdog::start(comm, cfg.collective_timeout)?;
+    let fault = cfg.fault;
+    let mut consecutive_skips = 0usize;
 
     let per_rank = train_data.len() / info.size;
     let steps_per_epoch = per_rank / cfg.batch_size;
@@ -288,20 +328,43 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     for step in start_step..total_steps {
         let td = Instant::now();
         let host = loader.next()?;
+        fault::strike_process(fault, info.rank, step + 1);
         let t0 = Instant::now();
         let (x, y) = to_tensors(host.pixels, host.labels, channels, cfg.image_size, device)?;
-        let loss = candle_nn::loss::cross_entropy(&net.forward_t(&x, true)?, &y)?;
+        let mut loss = candle_nn::loss::cross_entropy(&net.forward_t(&x, true)?, &y)?;
+        if fault::hits(fault, FaultKind::Nan, info.rank, step + 1) {
+            loss = (loss * f64::NAN)?;
+        }
         let mut grads = loss.backward()?;
+        if fault::hits(fault, FaultKind::Overflow, info.rank, step + 1) {
+            let var = params[0].1.as_tensor();
+            grads.insert(var, var.ones_like()?.affine(1e9, 0.0)?);
+        }
         final_loss = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
+        watchdog.enter(step + 1, "the barrier before the gradient exchange");
         comm.barrier()?;
         let t2 = Instant::now();
         let report = exchange.exchange(&mut grads, comm)?;
+        watchdog.leave();
         let t3 = Instant::now();
         let lr = cfg.lr.at((step + 1) as f64 / steps_per_epoch as f64);
         if report.skipped() {
             skipped += 1;
+            consecutive_skips += 1;
+            // Every rank skips together, so every rank can afford this check.
+            let losses = comm.all_gather_f64(f64::from(final_loss))?;
+            let nan: Vec<usize> = (0..losses.len()).filter(|&r| !losses[r].is_finite()).collect();
+            anyhow::ensure!(nan.is_empty(), "step {}: the loss became {} on rank(s) {nan:?}; stopping (the weights were not updated)", step + 1, losses[nan[0]]);
+            anyhow::ensure!(
+                consecutive_skips <= cfg.max_skips,
+                "step {}: {consecutive_skips} steps in a row had a non-finite gradient after the exchange (--max-skips {}); stopping. \
+                 A smaller --lr, or --grad-dtype bf16/f32, avoids half-precision overflow",
+                step + 1,
+                cfg.max_skips
+            );
         } else {
+            consecutive_skips = 0;
             sgd.step(&grads, lr)?;
         }
         let t4 = Instant::now();
@@ -319,12 +382,14 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
             skipped: report.skipped(),
         });
         gpu_peak = gpu_peak.max(device::gpu_memory_in_use_mib(device));
-        if desync == Some((info.rank, step + 1)) {
+        if fault::hits(fault, FaultKind::Desync, info.rank, step + 1) {
             let (_, var) = &params[0];
             var.set(&(var.as_tensor() + 1e-3)?)?;
         }
         if cfg.verify_sync.is_some_and(|k| k > 0 && (step + 1) % k == 0) {
+            watchdog.enter(step + 1, "the --verify-sync check");
             let hashes = comm.all_gather_u64(parameter_hash(&params)?)?;
+            watchdog.leave();
             let differ: Vec<usize> = (1..hashes.len()).filter(|&r| hashes[r] != hashes[0]).collect();
             anyhow::ensure!(
                 differ.is_empty(),
@@ -334,7 +399,8 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         }
         if info.rank == 0 && cfg.checkpoint_every.is_some_and(|k| k > 0 && (step + 1) % k == 0) {
             let tc = Instant::now();
-            checkpoint::write_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &sgd, step + 1)?;
+            let crash = fault::hits(fault, FaultKind::CkptKill, 0, step + 1);
+            checkpoint::write_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &sgd, step + 1, crash)?;
             checkpoint_s += tc.elapsed().as_secs_f64();
         }
         if step == start_step {
@@ -355,7 +421,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     let run_steps = total_steps.saturating_sub(start_step);
     if info.rank == 0 && cfg.checkpoint_dir.is_some() && run_steps > 0 {
         let tc = Instant::now();
-        checkpoint::write_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &sgd, total_steps)?;
+        checkpoint::write_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &sgd, total_steps, false)?;
         checkpoint_s += tc.elapsed().as_secs_f64();
     }
     let seconds = after_first.elapsed().as_secs_f64() - mid_val_s - (checkpoint_s - checkpoint_s_first);
@@ -363,7 +429,9 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     if let Some(v) = validation {
         val_history.push((total_steps / steps_per_epoch, v.top1));
     }
+    watchdog.enter(total_steps, "gathering the step records");
     let records = record::gather(&records, comm)?;
+    watchdog.leave();
     let times = record::step_stats(&records, info.size, cfg.warmup_steps);
     let global_batch = cfg.batch_size * info.size;
     let images_per_s = global_batch as f64 / times.step_s_median.max(1e-12);

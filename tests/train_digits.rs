@@ -79,7 +79,7 @@ fn verify_sync_names_a_rank_that_drifts() {
     common::assert_ok(&run, "clean run with --verify-sync");
 
     // The test aid nudges rank 1's weights after step 3; the check after step 4 must stop the job.
-    let run = common::mpirun_env(2, BIN, &clean, &[("CANDLE_MPI_FAULT", "desync:1:3")], Duration::from_secs(120));
+    let run = common::mpirun_env(2, BIN, &clean, &[("CANDLE_MPI_FAULT", "1:3:desync")], Duration::from_secs(120));
     assert!(!run.success, "a drifted rank must fail the run:\n{}", run.output);
     assert!(run.output.contains("after step 4 rank(s) [1]") && run.output.contains("out of lock-step"), "{}", run.output);
 }

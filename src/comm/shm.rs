@@ -101,6 +101,12 @@ impl SharedWindow {
         self.bases.len()
     }
 
+    /// Where rank `r`'s slot starts, as an address (for the watchdog's
+    /// lock-free progress counters, read from another thread).
+    pub fn slot_address(&self, r: usize) -> usize {
+        self.bases[r] as usize
+    }
+
     /// Makes every rank's writes visible to every rank.
     fn sync(&self) {
         // SAFETY: valid window and communicator.
