@@ -26,6 +26,10 @@ pub struct CheckpointMeta {
     pub in_channels: usize,
     /// Steps completed when it was written.
     pub step: usize,
+    /// The run's settings as JSON (for people and tools; resuming reads the
+    /// command line, and the sampler, crops and synthetic data are functions
+    /// of seed, epoch and index, so the step is all the state they need).
+    pub config: Option<String>,
 }
 
 impl CheckpointMeta {
@@ -37,13 +41,22 @@ impl CheckpointMeta {
             ("in_channels".to_string(), self.in_channels.to_string()),
             ("step".to_string(), self.step.to_string()),
         ])
+        .into_iter()
+        .chain(self.config.clone().map(|c| ("config".to_string(), c)))
+        .collect()
     }
 
     fn from_map(m: &HashMap<String, String>) -> anyhow::Result<Self> {
         anyhow::ensure!(m.get("format").map(String::as_str) == Some(FORMAT), "not a candle-mpi checkpoint (format {:?})", m.get("format"));
         let get = |k: &str| m.get(k).ok_or_else(|| anyhow::anyhow!("checkpoint metadata lacks '{k}'"));
         let num = |k: &str| -> anyhow::Result<usize> { get(k)?.parse().map_err(|_| anyhow::anyhow!("checkpoint metadata '{k}' is not a number")) };
-        Ok(Self { model: get("model")?.clone(), classes: num("classes")?, in_channels: num("in_channels")?, step: num("step")? })
+        Ok(Self {
+            model: get("model")?.clone(),
+            classes: num("classes")?,
+            in_channels: num("in_channels")?,
+            step: num("step")?,
+            config: m.get("config").cloned(),
+        })
     }
 
     /// Refuses a checkpoint of another network or shape of classifier.
@@ -110,8 +123,23 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
 
 /// Rank 0's checkpoint of a run after `step` steps: every variable and SGD's momentum.
 /// `crash_before_rename` is the fault-injection test aid (ckpt-kill).
-pub fn write_run(path: &Path, model: ModelKind, model_cfg: &ModelConfig, store: &ParamStore, sgd: &Sgd, step: usize, crash_before_rename: bool) -> anyhow::Result<()> {
-    let meta = CheckpointMeta { model: model.name().to_string(), classes: model_cfg.num_classes, in_channels: model_cfg.in_channels, step };
+pub struct RunState<'a> {
+    pub model: ModelKind,
+    pub model_cfg: &'a ModelConfig,
+    pub store: &'a ParamStore,
+    /// The run's settings as JSON, kept in the metadata.
+    pub config: String,
+}
+
+pub fn write_run(path: &Path, run: &RunState, sgd: &Sgd, step: usize, crash_before_rename: bool) -> anyhow::Result<()> {
+    let RunState { model, model_cfg, store, .. } = run;
+    let meta = CheckpointMeta {
+        model: model.name().to_string(),
+        classes: model_cfg.num_classes,
+        in_channels: model_cfg.in_channels,
+        step,
+        config: Some(run.config.clone()),
+    };
     let vars: Vec<(String, Tensor)> = store.all_sorted().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
     let momentum: Vec<(String, Tensor)> = sgd.momentum().into_iter().filter_map(|(n, b)| b.map(|b| (n, b))).collect();
     save_then(path, &meta, &vars, &momentum, || {

@@ -68,8 +68,6 @@ pub struct Piece {
     pub len: usize,
 }
 
-/// Cuts `sizes` (elements per parameter, in exchange order) into buckets of
-/// `bucket_elems` elements; the last bucket holds the rest.
 /// The bucket layout `GradExchange::new` would make, as text (parameter names
 /// in exchange order, then bucket lengths): what the start-up check compares
 /// across ranks before any collective depends on it.
@@ -83,6 +81,8 @@ pub fn bucket_layout(params: &[(String, Var)], bucket_bytes: usize, dtype: GradD
     format!("{} | {}", names.join(","), lens.join(","))
 }
 
+/// Cuts `sizes` (elements per parameter, in exchange order) into buckets of
+/// `bucket_elems` elements; the last bucket holds the rest.
 pub fn plan_buckets(sizes: &[usize], bucket_elems: usize) -> Vec<Vec<Piece>> {
     assert!(bucket_elems > 0);
     let mut buckets: Vec<Vec<Piece>> = vec![];

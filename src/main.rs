@@ -243,7 +243,7 @@ struct TrainArgs {
     /// Data: synthetic (generated from --seed), mnist:DIR (IDX files, raw or gzip)
     /// or cifar10:DIR (the binary version: data_batch_1..5.bin, test_batch.bin)
     #[arg(long, default_value = "synthetic")]
-    #[serde(serialize_with = "serialize_display")]
+    #[serde(serialize_with = "output::serialize_display")]
     data: DataSpec,
     /// Samples per epoch of synthetic data
     #[arg(long, default_value_t = 1024)]
@@ -349,9 +349,6 @@ fn serialize_debug<T: std::fmt::Debug, S: serde::Serializer>(value: &T, s: S) ->
     s.collect_str(&format!("{value:?}"))
 }
 
-fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(value)
-}
 
 /// The files `train --out` writes.
 const RECORD_FILES: [&str; 3] = ["config.json", "steps.csv", "summary.json"];

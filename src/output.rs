@@ -27,6 +27,11 @@ pub fn check_writable_dir(dir: &Path, flag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serialises a value by its `Display` text (serde's `serialize_with`).
+pub fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash
 /// leaves either the old state or the whole new file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -27,7 +27,7 @@ use crate::watchdog::Watchdog;
 use crate::record::{self, StepRecord, StepStats};
 
 /// Everything a run is asked to do.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct TrainConfig {
     pub model: ModelKind,
     pub image_size: usize,
@@ -43,6 +43,7 @@ pub struct TrainConfig {
     pub bucket_bytes: usize,
     pub transport: Transport,
     pub seed: u64,
+    #[serde(serialize_with = "crate::output::serialize_display")]
     pub data: DataSpec,
     /// Samples per epoch of synthetic data.
     pub synthetic_len: usize,
@@ -63,6 +64,7 @@ pub struct TrainConfig {
     /// Consecutive skipped steps after which the run stops.
     pub max_skips: usize,
     /// Test aid: a fault to inject (see fault.rs).
+    #[serde(skip)]
     pub fault: Option<Fault>,
 }
 
@@ -280,6 +282,8 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     let start_step = if cfg.resume { checkpoint::resume_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &mut sgd, comm)? } else { 0 };
     broadcast_from_rank0(&store, comm, false)?;
     handshake(cfg, &params, comm)?;
+    let config_json = serde_json::to_string(cfg)?;
+    let run_state = checkpoint::RunState { model: cfg.model, model_cfg: &model_cfg, store: &store, config: config_json };
     let mut exchange = GradExchange::new(&params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport)?;
     let mut watchdog = Watchdog::start(comm, cfg.collective_timeout)?;
     let fault = cfg.fault;
@@ -400,7 +404,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
         if info.rank == 0 && cfg.checkpoint_every.is_some_and(|k| k > 0 && (step + 1) % k == 0) {
             let tc = Instant::now();
             let crash = fault::hits(fault, FaultKind::CkptKill, 0, step + 1);
-            checkpoint::write_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &sgd, step + 1, crash)?;
+            checkpoint::write_run(&checkpoint_path(cfg)?, &run_state, &sgd, step + 1, crash)?;
             checkpoint_s += tc.elapsed().as_secs_f64();
         }
         if step == start_step {
@@ -421,7 +425,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Collective, device: &Device, mut on_ste
     let run_steps = total_steps.saturating_sub(start_step);
     if info.rank == 0 && cfg.checkpoint_dir.is_some() && run_steps > 0 {
         let tc = Instant::now();
-        checkpoint::write_run(&checkpoint_path(cfg)?, cfg.model, &model_cfg, &store, &sgd, total_steps, false)?;
+        checkpoint::write_run(&checkpoint_path(cfg)?, &run_state, &sgd, total_steps, false)?;
         checkpoint_s += tc.elapsed().as_secs_f64();
     }
     let seconds = after_first.elapsed().as_secs_f64() - mid_val_s - (checkpoint_s - checkpoint_s_first);

@@ -52,7 +52,10 @@ fn stop_and_resume_matches_unbroken(np: usize) {
     let (s, p) = (straight.to_str().unwrap(), split.to_str().unwrap());
     common::assert_ok(&run(np, &args(s, "12", &[])), "unbroken run");
     common::assert_ok(&run(np, &args(p, "8", &["--checkpoint-every", "4"])), "first half");
-    assert_eq!(checkpoint::load(&split.join(checkpoint::FILE_NAME)).unwrap().meta.step, 8);
+    let meta = checkpoint::load(&split.join(checkpoint::FILE_NAME)).unwrap().meta;
+    assert_eq!(meta.step, 8);
+    let config: serde_json::Value = serde_json::from_str(&meta.config.expect("the run's config is in the metadata")).unwrap();
+    assert_eq!((config["model"].as_str(), config["batch_size"].as_u64()), (Some("small"), Some(8)));
     let resumed = run(np, &args(p, "12", &["--resume"]));
     common::assert_ok(&resumed, "resumed run");
     assert!(resumed.output.contains("resumed from step 8"), "{}", resumed.output);

@@ -9,6 +9,8 @@ pub mod alexnet;
 pub mod googlenet;
 pub mod layers;
 pub mod pool;
+#[cfg(feature = "cuda")]
+mod pool_cuda;
 pub mod resnet;
 pub mod small;
 pub mod vgg;

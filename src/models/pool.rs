@@ -267,6 +267,17 @@ impl CustomOp1 for PoolOp {
         Ok((out, self.out_shape(layout)))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &candle_core::CudaStorage, layout: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (_, h, w) = plane_dims(layout, self.name())?;
+        if h != self.h.input || w != self.w.input {
+            candle_core::bail!("{}: planned for {}x{}, got {h}x{w}", self.name(), self.h.input, self.w.input);
+        }
+        let d = self.cuda_dims(layout, self.name())?;
+        let out = super::pool_cuda::forward(storage, layout, &self.window_table(), d, self.kind == Kind::Max, self.name())?;
+        Ok((out, self.out_shape(layout)))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let grad_res = grad_res.contiguous()?;
         let grad = match self.kind {
@@ -285,6 +296,22 @@ struct AvgPoolGrad(PoolOp);
 struct MaxPoolGrad(PoolOp);
 
 impl PoolOp {
+    /// The windows as the CUDA kernels read them: start, end, divisor along
+    /// height, then along width.
+    #[cfg(feature = "cuda")]
+    fn window_table(&self) -> Vec<u32> {
+        [&self.h.start, &self.h.end, &self.h.divisor, &self.w.start, &self.w.end, &self.w.divisor]
+            .iter()
+            .flat_map(|v| v.iter().map(|&x| x as u32))
+            .collect()
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_dims(&self, layout: &Layout, op: &str) -> Result<super::pool_cuda::PoolDims> {
+        let (planes, _, _) = plane_dims(layout, op)?;
+        Ok(super::pool_cuda::PoolDims { planes, ih: self.h.input, iw: self.w.input, oh: self.h.len(), ow: self.w.len() })
+    }
+
     fn in_shape(&self, like: &Layout) -> Shape {
         let d = like.shape().dims();
         Shape::from((d[0], d[1], self.h.input, self.w.input))
@@ -306,6 +333,14 @@ impl CustomOp1 for AvgPoolGrad {
         };
         Ok((out, self.0.in_shape(layout)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &candle_core::CudaStorage, layout: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = self.0.cuda_dims(layout, self.name())?;
+        let g = (storage, layout);
+        let out = super::pool_cuda::backward(g, g, &self.0.window_table(), d, false, self.name())?;
+        Ok((out, self.0.in_shape(layout)))
+    }
 }
 
 impl CustomOp2 for MaxPoolGrad {
@@ -325,6 +360,19 @@ impl CustomOp2 for MaxPoolGrad {
             }
             (s, _) => return Err(unsupported(name, s.dtype())),
         };
+        Ok((out, self.0.in_shape(l1)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = self.0.cuda_dims(l1, self.name())?;
+        let out = super::pool_cuda::backward((s1, l1), (s2, l2), &self.0.window_table(), d, true, self.name())?;
         Ok((out, self.0.in_shape(l1)))
     }
 }
