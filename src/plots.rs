@@ -51,6 +51,39 @@ fn max_workers(series: &Series) -> usize {
     series.iter().flat_map(|(_, rows)| rows.iter().map(|r| r.workers)).max().unwrap_or(1).max(2)
 }
 
+type WorkersChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>;
+
+/// A white chart with workers on a log2 x axis (x = log2 N, labelled N) up
+/// to 2^top, and y from 0 to `y_max`.
+fn workers_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    top: f64,
+    y_max: f64,
+    y_desc: &str,
+    y_label: &dyn Fn(&f64) -> String,
+) -> Result<WorkersChart<'a, DB>, Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    area.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.15f64..top + 0.15, 0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("workers (log2 axis)")
+        .y_desc(y_desc)
+        .x_labels(top as usize + 1)
+        .x_label_formatter(&|x| format!("{}", 2f64.powf(x.round()) as usize))
+        .y_label_formatter(y_label)
+        .draw()?;
+    Ok(chart)
+}
+
 /// Speed-up t1/tN against workers, with the ideal line, each network's host
 /// ceiling (dashed, same colour) and the reference (grey dashes).
 pub fn speedup(stem: &Path, series: &Series, reference: Option<&[(&str, [f64; 4])]>, title: &str) -> anyhow::Result<()> {
@@ -63,20 +96,7 @@ where
 {
     let top = log2(max_workers(series));
     let y_max = series.iter().flat_map(|(_, rows)| rows.iter().map(|r| r.speedup.mean + r.speedup.std)).fold(2f64.powf(top), f64::max) * 1.05;
-    area.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(-0.15f64..top + 0.15, 0f64..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("workers (log2 axis)")
-        .y_desc("speed-up t1 / tN")
-        .x_labels(top as usize + 1)
-        .x_label_formatter(&|x| format!("{}", 2f64.powf(x.round()) as usize))
-        .draw()?;
+    let mut chart = workers_chart(area, title, top, y_max, "speed-up t1 / tN", &|y| format!("{y:.1}"))?;
     chart
         .draw_series(LineSeries::new((0..=top as usize).map(|k| (k as f64, 2f64.powi(k as i32))), BLACK.stroke_width(1)))?
         .label("ideal")
@@ -179,21 +199,7 @@ where
         .flat_map(|(_, rows)| rows.iter().flat_map(|r| [Some(r.efficiency), r.efficiency_vs_ceiling]).flatten())
         .fold(1.0f64, f64::max)
         * 1.1;
-    area.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(-0.15f64..top + 0.15, 0f64..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("workers (log2 axis)")
-        .y_desc("efficiency")
-        .x_labels(top as usize + 1)
-        .x_label_formatter(&|x| format!("{}", 2f64.powf(x.round()) as usize))
-        .y_label_formatter(&|y| format!("{:.0}%", y * 100.0))
-        .draw()?;
+    let mut chart = workers_chart(area, title, top, y_max, "efficiency", &|y| format!("{:.0}%", y * 100.0))?;
     for (i, (key, rows)) in series.iter().enumerate() {
         let c = colour(i);
         let pts: Vec<(f64, f64)> = rows.iter().filter(|r| r.speedup.n > 0).map(|r| (log2(r.workers), r.efficiency)).collect();
