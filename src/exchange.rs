@@ -278,6 +278,9 @@ pub struct GradExchange {
     vars: Vec<Var>,
     plan: Vec<Vec<Piece>>,
     buckets: Vec<WireBucket>,
+    /// Device buckets, when the gradients live on a GPU and NCCL carries them.
+    #[cfg(feature = "cuda")]
+    device: Option<crate::exchange_cuda::DeviceBuckets>,
 }
 
 impl GradExchange {
@@ -295,9 +298,28 @@ impl GradExchange {
         let bucket_elems = bucket_bytes / dtype.size();
         let plan = plan_buckets(&sizes, bucket_elems);
         let lens: Vec<usize> = plan.iter().map(|pieces| pieces.iter().map(|p| p.len).sum()).collect();
+        // Gradients on a GPU with NCCL at hand stay there (f16 on the wire);
+        // every other case packs on the host. All ranks take the same branch
+        // (the start-up check compares device-independent settings; the
+        // device kind is the same flag on every rank).
+        #[cfg(feature = "cuda")]
+        let device = match (sorted.first().map(|(_, v)| v.device().clone()), comm.nccl(), dtype) {
+            (Some(candle_core::Device::Cuda(d)), Some(_), GradDtype::F16) => Some(crate::exchange_cuda::DeviceBuckets::new(&d, &lens)?),
+            _ => None,
+        };
+        #[cfg(feature = "cuda")]
+        let buckets = if device.is_some() { vec![] } else { WireBucket::allocate(comm, dtype, &lens, transport)? };
+        #[cfg(not(feature = "cuda"))]
         let buckets = WireBucket::allocate(comm, dtype, &lens, transport)?;
         let (names, vars) = sorted.into_iter().unzip();
-        Ok(Self { names, vars, plan, buckets })
+        Ok(Self {
+            names,
+            vars,
+            plan,
+            buckets,
+            #[cfg(feature = "cuda")]
+            device,
+        })
     }
 
     /// Parameter names in exchange order.
@@ -318,6 +340,19 @@ impl GradExchange {
         let scale = 1.0 / comm.info().size as f32;
         let mut report = ExchangeReport::default();
         let t0 = Instant::now();
+        #[cfg(feature = "cuda")]
+        if let (Some(device), Some(nccl)) = (self.device.as_mut(), comm.nccl()) {
+            let (means, nonfinite) = device.exchange(&self.plan, &self.vars, grads, nccl, scale)?;
+            report.nonfinite = nonfinite;
+            report.comm_s = t0.elapsed().as_secs_f64();
+            report.elements = self.vars.iter().map(|v| v.elem_count()).sum();
+            if !report.skipped() {
+                for (var, mean) in self.vars.iter().zip(means) {
+                    grads.insert(var.as_tensor(), mean);
+                }
+            }
+            return Ok(report);
+        }
         for (pieces, bucket) in self.plan.iter().zip(&mut self.buckets) {
             for p in pieces {
                 match grads.get(self.vars[p.param].as_tensor()) {

@@ -11,6 +11,8 @@ pub mod comm;
 pub mod data;
 pub mod device;
 pub mod exchange;
+#[cfg(feature = "cuda")]
+pub mod exchange_cuda;
 pub mod fault;
 pub mod memory;
 pub mod models;

@@ -553,8 +553,8 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.checkpoint_dir {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--checkpoint-dir {}: cannot create the directory: {e}", dir.display()))?;
     }
-    let comm = MpiCollective::new(World::init()?);
-    let info = comm.info().clone();
+    let mpi = MpiCollective::new(World::init()?);
+    let info = mpi.info().clone();
     let batch_size = match args.global_batch {
         Some(g) => {
             anyhow::ensure!(
@@ -568,6 +568,7 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         None => args.batch_size.unwrap_or(32),
     };
     let dev = device::select(args.device, &info)?;
+    let comm = collective_for(&dev, mpi)?;
     let lr = if args.scale_lr { args.lr * info.size as f64 } else { args.lr };
     let cfg = TrainConfig {
         model: args.model,
@@ -607,7 +608,7 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     let mut bar: Option<indicatif::ProgressBar> = None;
     let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let images_per_step = (cfg.batch_size * info.size) as f64;
-    let result = train::run(&cfg, &comm, &dev, |step, total, loss, skipped| {
+    let result = train::run(&cfg, comm.as_ref(), &dev, |step, total, loss, skipped| {
         if lead && on_terminal {
             let b = bar.get_or_insert_with(|| {
                 let b = indicatif::ProgressBar::new(total as u64);
@@ -674,6 +675,20 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// NCCL carries the gradients of GPU ranks; MPI those of CPU ranks.
+#[cfg(feature = "cuda")]
+fn collective_for(dev: &candle_core::Device, mpi: MpiCollective) -> anyhow::Result<Box<dyn Collective>> {
+    match dev {
+        candle_core::Device::Cuda(d) => Ok(Box::new(candle_mpi::comm::NcclCollective::new(mpi, d.cuda_stream())?)),
+        _ => Ok(Box::new(mpi)),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn collective_for(_dev: &candle_core::Device, mpi: MpiCollective) -> anyhow::Result<Box<dyn Collective>> {
+    Ok(Box::new(mpi))
 }
 
 fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {

@@ -83,3 +83,27 @@ fn every_network_trains_a_step_on_the_gpu() {
         eprintln!("{model}: {}", out.lines().find(|l| l.starts_with("done:")).unwrap_or(""));
     }
 }
+
+#[test]
+fn a_gpu_run_ends_where_the_cpu_run_ends() {
+    need_gpu!();
+    // The device exchange (pack kernel, NCCL, unpack kernel) against the host one.
+    let l2 = |device: &str, lr: &str| -> f64 {
+        let out = std::env::temp_dir().join(format!("candle-mpi-gpu-vs-cpu-{device}-{lr}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let o = Command::new(BIN)
+            .args(["train", "--model", "alexnet", "--device", device, "--image-size", "32", "--dropout", "0", "--batch-size", "8", "--steps", "5"])
+            .args(["--lr", lr, "--grad-dtype", "f16", "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{device}: {}", String::from_utf8_lossy(&o.stderr));
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        std::fs::remove_dir_all(&out).unwrap();
+        s["param_l2"].as_f64().unwrap()
+    };
+    // How far 5 steps move the norm on the CPU, and how far the GPU run ends from it.
+    let (start, cpu, gpu) = (l2("cpu", "1e-30"), l2("cpu", "0.01"), l2("cuda", "0.01"));
+    eprintln!("param_l2: start {start}, after 5 steps cpu {cpu}, cuda {gpu}");
+    assert!((cpu - start).abs() > 1e-9 * start, "the steps must move the parameters");
+    assert!((gpu - cpu).abs() < 0.01 * (cpu - start).abs(), "GPU run off by more than 1% of the update: start {start}, cpu {cpu}, cuda {gpu}");
+}

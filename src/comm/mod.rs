@@ -61,6 +61,16 @@ pub trait Collective {
     fn shared_window(&self, _bytes: usize) -> anyhow::Result<Option<Rc<SharedWindow>>> {
         Ok(None)
     }
+
+    /// Ends every rank of the job at once (a rank that fails alone must not
+    /// leave the others waiting in a collective).
+    fn abort(&self, code: i32) -> !;
+
+    /// The NCCL communicator, for exchanges that stay on the GPU.
+    #[cfg(feature = "cuda")]
+    fn nccl(&self) -> Option<&NcclCollective> {
+        None
+    }
 }
 
 /// Rank 0's `t`, on every rank (same shape, dtype and device as `t`).

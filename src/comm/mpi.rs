@@ -73,12 +73,6 @@ impl MpiCollective {
         Ok(())
     }
 
-    /// Ends every rank of the job (MPI_Abort): for a rank that fails alone
-    /// while the others wait for it in a collective.
-    pub fn abort(&self, code: i32) -> ! {
-        self.world.comm().abort(code)
-    }
-
     /// Plain MPI_Allreduce of f32 sums: the reference `allreduce --baseline` times.
     pub fn mpi_allreduce_f32(&self, send: &[f32], recv: &mut [f32]) {
         self.world.comm().all_reduce_into(send, recv, mpi::collective::SystemOperation::sum());
@@ -185,6 +179,11 @@ impl Collective for MpiCollective {
 
     fn shared_window(&self, bytes: usize) -> anyhow::Result<Option<Rc<SharedWindow>>> {
         SharedWindow::new(&self.world, bytes)
+    }
+
+    /// MPI_Abort on the world.
+    fn abort(&self, code: i32) -> ! {
+        self.world.comm().abort(code)
     }
 }
 

@@ -104,4 +104,17 @@ impl Collective for NcclCollective {
     fn all_gather_f64s(&self, values: &[f64]) -> anyhow::Result<Vec<f64>> {
         self.mpi.all_gather_f64s(values)
     }
+
+    fn shared_window(&self, bytes: usize) -> anyhow::Result<Option<std::rc::Rc<super::SharedWindow>>> {
+        self.mpi.shared_window(bytes)
+    }
+
+    /// MPI_Abort; the process's end releases the NCCL communicator with it.
+    fn abort(&self, code: i32) -> ! {
+        self.mpi.abort(code)
+    }
+
+    fn nccl(&self) -> Option<&NcclCollective> {
+        Some(self)
+    }
 }
