@@ -7,9 +7,11 @@
 
 use std::cell::Cell;
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, VarBuilder};
+
+use super::conv::{conv2d_gemm, Geometry};
 
 thread_local! {
     /// Multiply-adds recorded by the layers while a count is open on this thread.
@@ -105,7 +107,15 @@ impl ConvSpec {
 #[derive(Clone, Debug)]
 pub struct Conv {
     conv: Conv2d,
+    geometry: Geometry,
     macs_per_output: usize,
+}
+
+/// True unless CANDLE_MPI_CONV=candle asks for candle's own conv2d on the CPU
+/// too (to measure the two side by side).
+fn gemm_conv_on_cpu() -> bool {
+    static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| std::env::var("CANDLE_MPI_CONV").map_or(true, |v| v != "candle"))
 }
 
 pub fn conv(spec: ConvSpec, vb: VarBuilder) -> Result<Conv> {
@@ -121,12 +131,18 @@ pub fn conv(spec: ConvSpec, vb: VarBuilder) -> Result<Conv> {
         None
     };
     let cfg = Conv2dConfig { padding: spec.padding, stride: spec.stride, dilation: 1, groups: 1, cudnn_fwd_algo: None };
-    Ok(Conv { conv: Conv2d::new(weight, bias, cfg), macs_per_output: fan_in })
+    let geometry = Geometry { kernel: spec.kernel, stride: spec.stride, padding: spec.padding };
+    Ok(Conv { conv: Conv2d::new(weight, bias, cfg), geometry, macs_per_output: fan_in })
 }
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.conv.forward(x)?;
+        // On the CPU, one GEMM each way (conv.rs); elsewhere candle's conv2d.
+        let y = if x.device().is_cpu() && x.dtype() == DType::F32 && gemm_conv_on_cpu() {
+            conv2d_gemm(x, self.conv.weight(), self.conv.bias(), self.geometry)?
+        } else {
+            self.conv.forward(x)?
+        };
         record_macs(y.elem_count() * self.macs_per_output);
         Ok(y)
     }
