@@ -72,13 +72,26 @@ pub struct Piece {
 /// in exchange order, then bucket lengths): what the start-up check compares
 /// across ranks before any collective depends on it.
 pub fn bucket_layout(params: &[(String, Var)], bucket_bytes: usize, dtype: GradDtype) -> String {
-    let mut named: Vec<(&str, usize)> = params.iter().map(|(n, v)| (n.as_str(), v.elem_count())).collect();
-    named.sort();
-    let sizes: Vec<usize> = named.iter().map(|(_, s)| *s).collect();
-    let lens: Vec<String> =
-        plan_buckets(&sizes, (bucket_bytes / dtype.size()).max(1)).iter().map(|p| p.iter().map(|x| x.len).sum::<usize>().to_string()).collect();
-    let names: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
+    let sorted = exchange_order(params);
+    let (_, lens) = bucket_plan(&sorted, bucket_bytes, dtype);
+    let names: Vec<&str> = sorted.iter().map(|(n, _)| n.as_str()).collect();
+    let lens: Vec<String> = lens.iter().map(|l| l.to_string()).collect();
     format!("{} | {}", names.join(","), lens.join(","))
+}
+
+/// The parameters in exchange order: by name, the same on every rank.
+fn exchange_order(params: &[(String, Var)]) -> Vec<(String, Var)> {
+    let mut sorted = params.to_vec();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    sorted
+}
+
+/// The buckets of parameters in exchange order, and each bucket's length.
+fn bucket_plan(sorted: &[(String, Var)], bucket_bytes: usize, dtype: GradDtype) -> (Vec<Vec<Piece>>, Vec<usize>) {
+    let sizes: Vec<usize> = sorted.iter().map(|(_, v)| v.elem_count()).collect();
+    let plan = plan_buckets(&sizes, (bucket_bytes / dtype.size()).max(1));
+    let lens = plan.iter().map(|pieces| pieces.iter().map(|p| p.len).sum()).collect();
+    (plan, lens)
 }
 
 /// Cuts `sizes` (elements per parameter, in exchange order) into buckets of
@@ -289,15 +302,11 @@ impl GradExchange {
     /// by name here) and allocates its buckets.
     pub fn new(params: &[(String, Var)], bucket_bytes: usize, dtype: GradDtype, comm: &dyn Collective, transport: Transport) -> anyhow::Result<Self> {
         anyhow::ensure!(bucket_bytes >= dtype.size(), "--bucket-mb: a bucket must hold at least one {} element", dtype.name());
-        let mut sorted: Vec<(String, Var)> = params.to_vec();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let sorted = exchange_order(params);
         for pair in sorted.windows(2) {
             anyhow::ensure!(pair[0].0 != pair[1].0, "parameter {} is listed twice", pair[0].0);
         }
-        let sizes: Vec<usize> = sorted.iter().map(|(_, v)| v.elem_count()).collect();
-        let bucket_elems = bucket_bytes / dtype.size();
-        let plan = plan_buckets(&sizes, bucket_elems);
-        let lens: Vec<usize> = plan.iter().map(|pieces| pieces.iter().map(|p| p.len).sum()).collect();
+        let (plan, lens) = bucket_plan(&sorted, bucket_bytes, dtype);
         // Gradients on a GPU with NCCL at hand stay there (f16 on the wire);
         // every other case packs on the host. All ranks take the same branch
         // (the start-up check compares device-independent settings; the

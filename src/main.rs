@@ -567,7 +567,14 @@ fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         }
         None => args.batch_size.unwrap_or(32),
     };
-    let dev = device::select(args.device, &info)?;
+    // Every rank learns whether every rank has its device, so that none goes
+    // on to wait for a rank that has already given up.
+    let dev = device::select(args.device, &info);
+    let ready = mpi.all_gather_u64(u64::from(dev.is_ok()))?;
+    let dev = dev?;
+    if let Some(r) = ready.iter().position(|&ok| ok == 0) {
+        anyhow::bail!("--device {}: rank {r} could not open its device (its error says why)", format!("{:?}", args.device).to_lowercase());
+    }
     let comm = collective_for(&dev, mpi)?;
     let lr = if args.scale_lr { args.lr * info.size as f64 } else { args.lr };
     let cfg = TrainConfig {
