@@ -73,14 +73,8 @@ pub struct TrainConfig {
 /// and fields that differ: ranks that disagree on the network, the bucket
 /// layout or the flags would otherwise exchange mismatched buffers.
 fn handshake(cfg: &TrainConfig, params: &[(String, candle_core::Var)], comm: &dyn Collective) -> anyhow::Result<()> {
-    let hash = |text: String| -> f64 {
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        for b in text.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // 52 bits travel exactly in an f64.
-        (h & ((1 << 52) - 1)) as f64
-    };
+    // 52 bits of each field's hash travel exactly in an f64.
+    let hash = |text: String| (crate::rng::hash_str(&text) & ((1 << 52) - 1)) as f64;
     let shapes: String = params.iter().map(|(n, v)| format!("{n}{:?};", v.dims())).collect();
     let fields: [(&str, String); 6] = [
         ("network", format!("{} {} classes {} px", cfg.model, cfg.classes, cfg.image_size)),
@@ -110,14 +104,14 @@ fn handshake(cfg: &TrainConfig, params: &[(String, candle_core::Var)], comm: &dy
 
 /// FNV-1a over the bits of every trainable parameter, in name order.
 fn parameter_hash(params: &[(String, candle_core::Var)]) -> anyhow::Result<u64> {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut h = crate::rng::Fnv1a::default();
     for (_, var) in params {
         let values: Vec<f32> = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         for v in values {
-            h = (h ^ v.to_bits() as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            h.add(u64::from(v.to_bits()));
         }
     }
-    Ok(h)
+    Ok(h.finish())
 }
 
 /// Peak resident memory of this process in MiB (Linux VmHWM), 0 where unknown.
