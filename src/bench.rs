@@ -148,13 +148,13 @@ impl BenchConfig {
         }
     }
 
-    /// The `train` arguments of one process of `spec`, writing into `out`.
-    fn train_args(&self, spec: &RunSpec, out: &Path) -> Vec<String> {
-        let mut a: Vec<String> = vec!["train".into(), "--model".into(), spec.model.to_string()];
-        let image_size = self.image_size.unwrap_or(spec.model.default_image_size());
-        let batch = self.batch_per_rank(spec.workers);
+    /// The `train` arguments of a training of `ranks` ranks with `batch`
+    /// images each, writing into `out`.
+    fn train_args(&self, model: ModelKind, batch: usize, ranks: usize, out: &Path) -> Vec<String> {
+        let mut a: Vec<String> = vec!["train".into(), "--model".into(), model.to_string()];
+        let image_size = self.image_size.unwrap_or(model.default_image_size());
         // Enough synthetic samples that no run runs out of an epoch.
-        let per_step = batch * spec.workers;
+        let per_step = batch * ranks;
         for (flag, value) in [
             ("--device", format!("{:?}", self.device).to_lowercase()),
             ("--data", self.data.clone()),
@@ -252,7 +252,7 @@ pub fn execute(cfg: &BenchConfig, spec: &RunSpec) -> anyhow::Result<RunRecord> {
                 words.extend([exe.clone(), "bind".into(), "--mode".into(), format!("{:?}", cfg.bind).to_lowercase(), "--".into()]);
             }
             words.push(exe.clone());
-            words.extend(cfg.train_args(spec, &dir));
+            words.extend(cfg.train_args(spec.model, cfg.batch_per_rank(spec.workers), spec.workers, &dir));
             let outcome = spawn_logged(&words, &dir, "train").and_then(|mut c| wait_until(&mut c, deadline));
             (words.join(" "), outcome, None, vec![dir.join("train.stderr")])
         }
@@ -265,12 +265,8 @@ pub fn execute(cfg: &BenchConfig, spec: &RunSpec) -> anyhow::Result<RunRecord> {
             for p in 0..spec.workers {
                 let sub = dir.join(format!("p{p}"));
                 let mut words = vec![exe.clone(), "--threads".into(), threads.to_string()];
-                let single = RunSpec { workers: 1, ..spec.clone() };
-                let mut args = cfg.train_args(&single, &sub);
-                // Same batch per process as a rank of the N-worker run.
-                let i = args.iter().position(|a| a == "--batch-size").unwrap() + 1;
-                args[i] = cfg.batch_per_rank(spec.workers).to_string();
-                words.extend(args);
+                // A training of its own, with the batch of one rank of the N-worker run.
+                words.extend(cfg.train_args(spec.model, cfg.batch_per_rank(spec.workers), 1, &sub));
                 commands.push(words.join(" "));
                 match spawn_logged(&words, &sub, "train") {
                     Ok(c) => children.push(c),

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod bind;
 pub mod checkpoint;
 pub mod comm;
+pub mod cpu_slice;
 pub mod data;
 pub mod device;
 pub mod exchange;

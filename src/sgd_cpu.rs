@@ -9,24 +9,10 @@
 use candle_core::{CpuStorage, InplaceOp3, Layout, Result};
 use rayon::prelude::*;
 
+use crate::cpu_slice::{f32_slice, f32_slice_mut};
+
 /// Elements per parallel task: large enough to amortise the task.
 const CHUNK: usize = 1 << 16;
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("sgd: {what} is not contiguous")))?;
-    match s {
-        CpuStorage::F32(v) => Ok(&v[start..end]),
-        _ => candle_core::bail!("sgd: {what} is not f32"),
-    }
-}
-
-fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
-    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("sgd: {what} is not contiguous")))?;
-    match s {
-        CpuStorage::F32(v) => Ok(&mut v[start..end]),
-        _ => candle_core::bail!("sgd: {what} is not f32"),
-    }
-}
 
 /// On the momentum buffer b, given (g, p): b = m * b + (g + wd * p).
 pub struct MomentumUpdate {
@@ -39,8 +25,8 @@ impl InplaceOp3 for MomentumUpdate {
         "sgd-momentum"
     }
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, gl: &Layout, p: &CpuStorage, pl: &Layout) -> Result<()> {
-        let b = slice_mut(dst, dst_l, "momentum")?;
-        let (g, p) = (slice(g, gl, "gradient")?, slice(p, pl, "parameter")?);
+        let b = f32_slice_mut(dst, dst_l, "sgd: momentum")?;
+        let (g, p) = (f32_slice(g, gl, "sgd: gradient")?, f32_slice(p, pl, "sgd: parameter")?);
         if !(b.len() == g.len() && b.len() == p.len()) {
             candle_core::bail!("sgd: momentum, gradient and parameter sizes differ");
         }
@@ -68,8 +54,8 @@ impl InplaceOp3 for ParameterUpdate {
         "sgd-parameter"
     }
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, b: &CpuStorage, bl: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
-        let p = slice_mut(dst, dst_l, "parameter")?;
-        let (b, g) = (slice(b, bl, "momentum")?, slice(g, gl, "gradient")?);
+        let p = f32_slice_mut(dst, dst_l, "sgd: parameter")?;
+        let (b, g) = (f32_slice(b, bl, "sgd: momentum")?, f32_slice(g, gl, "sgd: gradient")?);
         if !(p.len() == g.len() && p.len() == b.len()) {
             candle_core::bail!("sgd: momentum, gradient and parameter sizes differ");
         }

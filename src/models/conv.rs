@@ -12,9 +12,10 @@
 //! its batch and channel axes swapped. Square kernels, groups 1: what the
 //! four networks use. On other devices the layer keeps candle's conv2d.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::cpu_slice::f32_slice;
 
 /// A square convolution's geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,21 +43,13 @@ struct Col2Im {
     dims: (usize, usize, usize, usize),
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        (CpuStorage::F32(_), None) => candle_core::bail!("{op}: input must be contiguous"),
-        (s, _) => candle_core::bail!("{op}: f32 only, got {:?}", s.dtype()),
-    }
-}
-
 impl CustomOp1 for Im2Col {
     fn name(&self) -> &'static str {
         "candle-mpi im2col"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
+        let x = f32_slice(s, l, "candle-mpi im2col: input")?;
         let (n, c, h, w) = self.dims;
         let Geometry { kernel: k, stride, padding } = self.g;
         let (oh, ow) = (self.g.out_len(h), self.g.out_len(w));
@@ -97,7 +90,7 @@ impl CustomOp1 for Col2Im {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let cols_t = f32_slice(s, l, self.name())?;
+        let cols_t = f32_slice(s, l, "candle-mpi col2im: input")?;
         let (n, c, h, w) = self.dims;
         let Geometry { kernel: k, stride, padding } = self.g;
         let (oh, ow) = (self.g.out_len(h), self.g.out_len(w));
