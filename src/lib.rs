@@ -19,6 +19,7 @@ pub mod memory;
 pub mod models;
 pub mod optim;
 pub mod output;
+pub mod par;
 pub mod params;
 pub mod plots;
 pub mod record;

@@ -7,7 +7,6 @@
 //!   d = g + wd * p;  b = m * b + d;  p = p - lr * (nesterov ? d + m * b : b)
 
 use candle_core::{CpuStorage, InplaceOp3, Layout, Result};
-use rayon::prelude::*;
 
 use crate::cpu_slice::{f32_slice, f32_slice_mut};
 
@@ -31,8 +30,9 @@ impl InplaceOp3 for MomentumUpdate {
             candle_core::bail!("sgd: momentum, gradient and parameter sizes differ");
         }
         let (m, wd) = (self.momentum, self.weight_decay);
-        b.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(p.par_chunks(CHUNK)).for_each(|((b, g), p)| {
-            for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
+        crate::par::for_each_chunk(b, CHUNK, |k, b| {
+            let at = k * CHUNK..k * CHUNK + b.len();
+            for ((b, &g), &p) in b.iter_mut().zip(&g[at.clone()]).zip(&p[at]) {
                 *b = m * *b + (g + wd * p);
             }
         });
@@ -60,8 +60,9 @@ impl InplaceOp3 for ParameterUpdate {
             candle_core::bail!("sgd: momentum, gradient and parameter sizes differ");
         }
         let (lr, m, wd, nesterov) = (self.lr, self.momentum, self.weight_decay, self.nesterov);
-        p.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((p, b), g)| {
-            for ((p, &b), &g) in p.iter_mut().zip(b).zip(g) {
+        crate::par::for_each_chunk(p, CHUNK, |k, p| {
+            let at = k * CHUNK..k * CHUNK + p.len();
+            for ((p, &b), &g) in p.iter_mut().zip(&b[at.clone()]).zip(&g[at]) {
                 let step = if nesterov { (g + wd * *p) + m * b } else { b };
                 *p -= lr * step;
             }

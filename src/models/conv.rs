@@ -13,7 +13,6 @@
 //! four networks use. On other devices the layer keeps candle's conv2d.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::cpu_slice::f32_slice;
 
@@ -56,7 +55,7 @@ impl CustomOp1 for Im2Col {
         let cols = n * oh * ow;
         let mut out = vec![0f32; c * k * k * cols];
         // One row of colsT per (c, ki, kj): rows are independent.
-        out.par_chunks_mut(cols).enumerate().for_each(|(row, dst)| {
+        crate::par::for_each_chunk(&mut out, cols, |row, dst| {
             let (ci, ki, kj) = (row / (k * k), (row / k) % k, row % k);
             for b in 0..n {
                 let plane = &x[(b * c + ci) * h * w..][..h * w];
@@ -97,7 +96,7 @@ impl CustomOp1 for Col2Im {
         let cols = n * oh * ow;
         let mut out = vec![0f32; n * c * h * w];
         // One (image, channel) plane per task; within it, rows in (ki, kj) order.
-        out.par_chunks_mut(h * w).enumerate().for_each(|(plane_index, plane)| {
+        crate::par::for_each_chunk(&mut out, h * w, |plane_index, plane| {
             let (b, ci) = (plane_index / c, plane_index % c);
             for ki in 0..k {
                 for kj in 0..k {
@@ -143,7 +142,9 @@ pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: Geomet
     let y = y.reshape((oc, n, oh, ow))?.transpose(0, 1)?;
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, oc, 1, 1))?),
-        None => y.contiguous(),
+        // Left as a view of the (OC, N, OH, OW) product: batch norm reads it
+        // as it is (batch_norm.rs), other consumers copy it if they must.
+        None => Ok(y),
     }
 }
 

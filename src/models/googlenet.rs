@@ -6,10 +6,12 @@
 //! Ioffe, Szegedy, ICML 2015. As in torchvision, the "5x5" branch uses a 3x3
 //! kernel, and every max-pool rounds up (ceil mode).
 
-use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
 
-use super::layers::{batch_norm, conv, dropout, linear, Conv, ConvSpec, Linear, WeightInit};
+use super::batch_norm::{batch_norm, BatchNorm2d};
+
+use super::layers::{conv, dropout, linear, Conv, ConvSpec, Linear, WeightInit};
 use super::pool::{adaptive_avg_pool2d, max_pool2d, Pool2d};
 use super::{ModelConfig, Network};
 
@@ -19,7 +21,7 @@ const INIT: WeightInit = WeightInit::Normal(0.01);
 /// Convolution without bias, batch norm, ReLU (torchvision's `BasicConv2d`).
 struct BasicConv {
     conv: Conv,
-    bn: BatchNorm,
+    bn: BatchNorm2d,
 }
 
 impl BasicConv {
@@ -29,7 +31,7 @@ impl BasicConv {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)?.relu()
+        self.bn.forward_relu_t(&self.conv.forward(x)?, train)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Layer builders shared by the networks: convolution and linear layers that know
-//! their initialisation and count their multiply-adds, and batch norm.
+//! their initialisation and count their multiply-adds
+//! (batch norm is in batch_norm.rs).
 //!
 //! The multiply-add count is what `candle-mpi models` reports: it is taken from
 //! the shapes a real forward pass produces, layer by layer, so it cannot drift
@@ -9,7 +10,7 @@ use std::cell::Cell;
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 
 use super::conv::{conv2d_gemm, Geometry};
 
@@ -173,12 +174,6 @@ impl Module for Linear {
         record_macs(y.elem_count() * self.in_features);
         Ok(y)
     }
-}
-
-/// Batch norm with weight 1, bias 0, PyTorch's momentum 0.1 and the given epsilon.
-pub fn batch_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<BatchNorm> {
-    let cfg = BatchNormConfig { eps, remove_mean: true, affine: true, momentum: 0.1 };
-    candle_nn::batch_norm(channels, cfg, vb)
 }
 
 /// Dropout that is the identity outside training or when `p` is zero.

@@ -6,6 +6,7 @@
 //! beyond; `ModelKind::check` refuses what a network cannot take.
 
 pub mod alexnet;
+pub mod batch_norm;
 pub mod conv;
 pub mod googlenet;
 pub mod layers;

@@ -15,7 +15,6 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Kernel, stride, padding and rounding of a square pooling window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,7 +188,7 @@ impl PoolOp {
         let (ih, iw) = (self.h.input, self.w.input);
         let (oh, ow) = (self.h.len(), self.w.len());
         let mut out = vec![T::ZERO; planes * oh * ow];
-        out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, dst)| {
+        crate::par::for_each_chunk(&mut out, oh * ow, |p, dst| {
             let plane = &x[p * ih * iw..(p + 1) * ih * iw];
             for o_h in 0..oh {
                 for o_w in 0..ow {
@@ -216,7 +215,7 @@ impl PoolOp {
         let (ih, iw) = (self.h.input, self.w.input);
         let (oh, ow) = (self.h.len(), self.w.len());
         let mut grad_in = vec![T::ZERO; planes * ih * iw];
-        grad_in.par_chunks_mut(ih * iw).enumerate().for_each(|(p, dst)| {
+        crate::par::for_each_chunk(&mut grad_in, ih * iw, |p, dst| {
             let g = &grad_out[p * oh * ow..(p + 1) * oh * ow];
             for o_h in 0..oh {
                 for o_w in 0..ow {

@@ -4,31 +4,38 @@
 //! He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR
 //! 2016. Batch norm trains on batch statistics and evaluates on running ones.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
 
-use super::layers::{batch_norm, conv, linear, Conv, ConvSpec, Linear, WeightInit};
+use super::batch_norm::{batch_norm, BatchNorm2d};
+
+use super::layers::{conv, linear, Conv, ConvSpec, Linear, WeightInit};
 use super::pool::{adaptive_avg_pool2d, max_pool2d, Pool2d};
 use super::{ModelConfig, Network};
 
 const BN_EPS: f64 = 1e-5;
 const EXPANSION: usize = 4;
 
-fn conv_bn(spec: ConvSpec, conv_vb: VarBuilder, bn_vb: VarBuilder) -> Result<(Conv, BatchNorm)> {
+fn conv_bn(spec: ConvSpec, conv_vb: VarBuilder, bn_vb: VarBuilder) -> Result<(Conv, BatchNorm2d)> {
     let spec = spec.no_bias().init(WeightInit::KaimingFanOut);
     Ok((conv(spec, conv_vb)?, batch_norm(spec.out_channels, BN_EPS, bn_vb)?))
 }
 
-fn apply(cb: &(Conv, BatchNorm), x: &Tensor, train: bool) -> Result<Tensor> {
+fn apply(cb: &(Conv, BatchNorm2d), x: &Tensor, train: bool) -> Result<Tensor> {
     cb.1.forward_t(&cb.0.forward(x)?, train)
+}
+
+/// relu(bn(conv(x))), the ReLU fused into the batch norm.
+fn apply_relu(cb: &(Conv, BatchNorm2d), x: &Tensor, train: bool) -> Result<Tensor> {
+    cb.1.forward_relu_t(&cb.0.forward(x)?, train)
 }
 
 /// 1x1 reduce, 3x3 (carrying the stride), 1x1 expand, plus the shortcut.
 struct Bottleneck {
-    reduce: (Conv, BatchNorm),
-    spatial: (Conv, BatchNorm),
-    expand: (Conv, BatchNorm),
-    downsample: Option<(Conv, BatchNorm)>,
+    reduce: (Conv, BatchNorm2d),
+    spatial: (Conv, BatchNorm2d),
+    expand: (Conv, BatchNorm2d),
+    downsample: Option<(Conv, BatchNorm2d)>,
 }
 
 impl Bottleneck {
@@ -49,8 +56,8 @@ impl Bottleneck {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = apply(&self.reduce, x, train)?.relu()?;
-        let y = apply(&self.spatial, &y, train)?.relu()?;
+        let y = apply_relu(&self.reduce, x, train)?;
+        let y = apply_relu(&self.spatial, &y, train)?;
         let y = apply(&self.expand, &y, train)?;
         let shortcut = match &self.downsample {
             Some(d) => apply(d, x, train)?,
@@ -61,7 +68,7 @@ impl Bottleneck {
 }
 
 pub struct ResNet {
-    stem: (Conv, BatchNorm),
+    stem: (Conv, BatchNorm2d),
     layers: Vec<Bottleneck>,
     fc: Linear,
 }
@@ -90,7 +97,7 @@ impl ResNet {
 
 impl Network for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = apply(&self.stem, x, train)?.relu()?;
+        let mut x = apply_relu(&self.stem, x, train)?;
         x = max_pool2d(&x, Pool2d::new(3, 2).padding(1))?;
         for block in &self.layers {
             x = block.forward_t(&x, train)?;

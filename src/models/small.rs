@@ -2,18 +2,20 @@
 //! 3x3 convolutions with batch norm, one 2x2 max-pool, a 2x2 adaptive average
 //! pool and a linear classifier. Not a paper's network.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
 
-use super::layers::{batch_norm, conv, linear, Conv, ConvSpec, Linear, WeightInit};
+use super::batch_norm::{batch_norm, BatchNorm2d};
+
+use super::layers::{conv, linear, Conv, ConvSpec, Linear, WeightInit};
 use super::pool::{adaptive_avg_pool2d, max_pool2d, Pool2d};
 use super::{ModelConfig, Network};
 
 pub struct SmallCnn {
     conv1: Conv,
-    bn1: BatchNorm,
+    bn1: BatchNorm2d,
     conv2: Conv,
-    bn2: BatchNorm,
+    bn2: BatchNorm2d,
     fc: Linear,
 }
 
@@ -32,9 +34,9 @@ impl SmallCnn {
 
 impl Network for SmallCnn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let x = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
         let x = max_pool2d(&x, Pool2d::new(2, 2).ceil())?;
-        let x = self.bn2.forward_t(&self.conv2.forward(&x)?, train)?.relu()?;
+        let x = self.bn2.forward_relu_t(&self.conv2.forward(&x)?, train)?;
         let x = adaptive_avg_pool2d(&x, 2, 2)?.flatten_from(1)?;
         self.fc.forward(&x)
     }
