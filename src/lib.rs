@@ -15,6 +15,7 @@ pub mod exchange;
 #[cfg(feature = "cuda")]
 pub mod exchange_cuda;
 pub mod fault;
+pub mod gemm_cpu;
 pub mod memory;
 pub mod models;
 pub mod optim;

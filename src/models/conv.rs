@@ -1,20 +1,30 @@
-//! Convolution on the CPU as one GEMM each way (issue 8).
+//! Convolution on the CPU as GEMMs, one custom op each way (issue 8).
 //!
 //! candle's CPU backend computes a convolution's input gradient with
-//! conv_transpose2d, a loop of dot products. Here a convolution is written as
-//!   colsT = im2col(x)                  (C*k*k, N*OH*OW)
-//!   y     = W (OC, C*k*k) @ colsT      (OC, N*OH*OW) -> (N, OC, OH, OW)
-//! so that autograd's matmul backward gives both gradients as GEMMs:
-//!   dW     = dy @ colsT^T              (OC, C*k*k), contiguous
-//!   dcolsT = W^T @ dy                  (C*k*k, N*OH*OW) -> col2im -> dx
-//! im2col is a custom op whose backward is col2im; the GEMMs are candle's
-//! (the gemm crate). 1x1 stride-1 convolutions skip im2col: colsT is x with
-//! its batch and channel axes swapped. Square kernels, groups 1: what the
-//! four networks use. On other devices the layer keeps candle's conv2d.
+//! conv_transpose2d, a loop of dot products. Here, for a group of images,
+//!   cols = im2col(x)                  (C*k*k, images*OH*OW)
+//!   y    = W (OC, C*k*k) @ cols       (OC, images*OH*OW)
+//! and backward, with cols computed again rather than kept,
+//!   dW  += dy @ cols^T                (OC, C*k*k)
+//!   dx   = col2im(W^T @ dy)
+//! GEMMs are the gemm crate's (candle's), called on views (gemm_cpu.rs).
+//! A group is one image where OH*OW alone gives the GEMM enough columns (the
+//! product then lands in the image's (OC, OH, OW) planes as it is, and a 1x1
+//! stride-1 convolution multiplies the image itself, no im2col), and several
+//! small images otherwise (their product is scattered into their planes).
+//! Groups also bound im2col's memory at large inputs. The whole convolution is
+//! one node of candle's graph: candle accumulates each node's input gradient
+//! into a zero-filled tensor, which for im2col's output had been a pass over
+//! nine times the activation of every 3x3 layer. Square kernels, groups 1:
+//! what the four networks use. On other devices the layer keeps candle's conv2d.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::cpu_slice::f32_slice;
+use crate::gemm_cpu::{matmul, View};
 
 /// A square convolution's geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,121 +40,302 @@ impl Geometry {
     }
 }
 
-/// x (N, C, H, W) -> colsT (C*k*k, N*OH*OW); row (c, ki, kj), column (n, oh, ow).
-struct Im2Col {
+/// GEMM columns a group of images should give at least (below this the gemm
+/// crate's blocks are mostly edge; measured in docs/performance.md).
+const MIN_GROUP_COLUMNS: usize = 256;
+
+/// The shapes of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    oc: usize,
+    oh: usize,
+    ow: usize,
     g: Geometry,
-    dims: (usize, usize, usize, usize),
 }
 
-/// colsT (C*k*k, N*OH*OW) -> x-shaped sums (N, C, H, W): im2col's adjoint.
-struct Col2Im {
-    g: Geometry,
-    dims: (usize, usize, usize, usize),
-}
-
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "candle-mpi im2col"
+impl Dims {
+    fn new(x: &Layout, weight: &Layout, g: Geometry) -> Result<Self> {
+        let (n, c, h, w) = x.shape().dims4()?;
+        let (oc, wc, kh, kw) = weight.shape().dims4()?;
+        if wc != c || kh != g.kernel || kw != g.kernel {
+            candle_core::bail!("conv2d_gemm: weight {:?} does not fit input {:?} and kernel {}", weight.dims(), x.dims(), g.kernel);
+        }
+        if h + 2 * g.padding < g.kernel || w + 2 * g.padding < g.kernel {
+            candle_core::bail!("conv2d_gemm: input {h}x{w} smaller than kernel {} with padding {}", g.kernel, g.padding);
+        }
+        Ok(Self { n, c, h, w, oc, oh: g.out_len(h), ow: g.out_len(w), g })
     }
+    fn ckk(&self) -> usize {
+        self.c * self.g.kernel * self.g.kernel
+    }
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+    fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// 1x1, stride 1, no padding: an image is its own column matrix.
+    fn pointwise(&self) -> bool {
+        self.g == Geometry { kernel: 1, stride: 1, padding: 0 }
+    }
+    /// The images of each GEMM, in order.
+    fn groups(&self) -> impl Iterator<Item = Range<usize>> {
+        let size = MIN_GROUP_COLUMNS.div_ceil(self.ohw().max(1)).clamp(1, self.n.max(1));
+        let n = self.n;
+        (0..n).step_by(size).map(move |b| b..(b + size).min(n))
+    }
+}
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "candle-mpi im2col: input")?;
-        let (n, c, h, w) = self.dims;
-        let Geometry { kernel: k, stride, padding } = self.g;
-        let (oh, ow) = (self.g.out_len(h), self.g.out_len(w));
-        let cols = n * oh * ow;
-        let mut out = vec![0f32; c * k * k * cols];
-        // One row of colsT per (c, ki, kj): rows are independent.
-        crate::par::for_each_chunk(&mut out, cols, |row, dst| {
-            let (ci, ki, kj) = (row / (k * k), (row / k) % k, row % k);
-            for b in 0..n {
-                let plane = &x[(b * c + ci) * h * w..][..h * w];
+/// cols (C*k*k, images*OH*OW) of the images `images` of x; row (c, ki, kj),
+/// column (image, oh, ow).
+fn im2col(x: &[f32], d: &Dims, images: Range<usize>, cols: &mut Vec<f32>) {
+    let Geometry { kernel: k, stride, padding } = d.g;
+    let (h, w, oh, ow) = (d.h, d.w, d.oh, d.ow);
+    let width = images.len() * d.ohw();
+    cols.clear();
+    cols.resize(d.ckk() * width, 0.0);
+    // One row per (c, ki, kj): rows are independent.
+    crate::par::for_each_chunk(cols, width, |row, dst| {
+        let (ci, ki, kj) = (row / (k * k), (row / k) % k, row % k);
+        // Output columns whose input column lies inside the image.
+        let lo = padding.saturating_sub(kj).div_ceil(stride).min(ow);
+        let hi = ((w + padding).saturating_sub(kj)).div_ceil(stride).clamp(lo, ow);
+        for (j, b) in images.clone().enumerate() {
+            let plane = &x[(b * d.c + ci) * h * w..][..h * w];
+            for y in 0..oh {
+                let iy = (y * stride + ki) as isize - padding as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue; // stays zero: padding
+                }
+                let src = &plane[iy as usize * w..][..w];
+                let out = &mut dst[(j * oh + y) * ow..][..ow];
+                if lo == hi {
+                    continue;
+                }
+                let first = lo * stride + kj - padding;
+                if stride == 1 {
+                    out[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                } else {
+                    for (o, xo) in out[lo..hi].iter_mut().zip((first..).step_by(stride)) {
+                        *o = src[xo];
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// dx += col2im(cols) for the images `images` (dx holds just their planes):
+/// im2col's adjoint.
+fn col2im(cols: &[f32], d: &Dims, images: Range<usize>, dx: &mut [f32]) {
+    let Geometry { kernel: k, stride, padding } = d.g;
+    let (c, h, w, oh, ow) = (d.c, d.h, d.w, d.oh, d.ow);
+    let width = images.len() * d.ohw();
+    // One (image, channel) plane per task; within it, rows in (ki, kj) order.
+    crate::par::for_each_chunk(dx, h * w, |plane_index, plane| {
+        let (j, ci) = (plane_index / c, plane_index % c);
+        for ki in 0..k {
+            for kj in 0..k {
+                let src = &cols[((ci * k + ki) * k + kj) * width + j * oh * ow..][..oh * ow];
+                let lo = padding.saturating_sub(kj).div_ceil(stride).min(ow);
+                let hi = ((w + padding).saturating_sub(kj)).div_ceil(stride).clamp(lo, ow);
                 for y in 0..oh {
                     let iy = (y * stride + ki) as isize - padding as isize;
-                    let d = &mut dst[(b * oh + y) * ow..][..ow];
                     if iy < 0 || iy >= h as isize {
-                        continue; // stays zero: padding
+                        continue;
                     }
-                    let src = &plane[iy as usize * w..][..w];
-                    for (xo, v) in d.iter_mut().enumerate() {
-                        let ix = (xo * stride + kj) as isize - padding as isize;
-                        if ix >= 0 && ix < w as isize {
-                            *v = src[ix as usize];
-                        }
+                    let row = &mut plane[iy as usize * w..][..w];
+                    let first = lo * stride + kj - padding;
+                    for (xo, &v) in (first..).step_by(stride).zip(&src[y * ow + lo..y * ow + hi]) {
+                        row[xo] += v;
                     }
                 }
             }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((c * k * k, cols))))
-    }
+        }
+    });
+}
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im { g: self.g, dims: self.dims })?))
+/// The column matrix of a group: the image itself for a pointwise
+/// convolution of one image, else im2col into `buf`.
+fn columns<'a>(x: &'a [f32], d: &Dims, images: &Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if d.pointwise() && images.len() == 1 {
+        &x[images.start * d.c * d.hw()..][..d.c * d.hw()]
+    } else {
+        im2col(x, d, images.clone(), buf);
+        buf
     }
 }
 
-impl CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "candle-mpi col2im"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let cols_t = f32_slice(s, l, "candle-mpi col2im: input")?;
-        let (n, c, h, w) = self.dims;
-        let Geometry { kernel: k, stride, padding } = self.g;
-        let (oh, ow) = (self.g.out_len(h), self.g.out_len(w));
-        let cols = n * oh * ow;
-        let mut out = vec![0f32; n * c * h * w];
-        // One (image, channel) plane per task; within it, rows in (ki, kj) order.
-        crate::par::for_each_chunk(&mut out, h * w, |plane_index, plane| {
-            let (b, ci) = (plane_index / c, plane_index % c);
-            for ki in 0..k {
-                for kj in 0..k {
-                    let src = &cols_t[((ci * k + ki) * k + kj) * cols + b * oh * ow..][..oh * ow];
-                    for y in 0..oh {
-                        let iy = (y * stride + ki) as isize - padding as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let row = &mut plane[iy as usize * w..][..w];
-                        for xo in 0..ow {
-                            let ix = (xo * stride + kj) as isize - padding as isize;
-                            if ix >= 0 && ix < w as isize {
-                                row[ix as usize] += src[y * ow + xo];
-                            }
-                        }
-                    }
+/// y (N, OC, OH, OW) = conv(x, weight) + bias.
+fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims) -> Vec<f32> {
+    let (oc, ohw) = (d.oc, d.ohw());
+    let mut y = vec![0f32; d.n * oc * ohw];
+    let (mut cols, mut product) = (Vec::new(), Vec::new());
+    let wv = View::rows(weight, oc, d.ckk());
+    for images in d.groups() {
+        let width = images.len() * ohw;
+        let cols = columns(x, d, &images, &mut cols);
+        let y_group = &mut y[images.start * oc * ohw..images.end * oc * ohw];
+        if images.len() == 1 {
+            matmul(y_group, ohw, false, wv, View::rows(cols, d.ckk(), width));
+        } else {
+            // (OC, images, OH*OW) -> (images, OC, OH*OW)
+            product.resize(oc * width, 0.0);
+            matmul(&mut product, width, false, wv, View::rows(cols, d.ckk(), width));
+            for (j, image) in y_group.chunks_mut(oc * ohw).enumerate() {
+                for (o, plane) in image.chunks_mut(ohw).enumerate() {
+                    plane.copy_from_slice(&product[o * width + j * ohw..][..ohw]);
                 }
             }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+        }
+    }
+    if let Some(bias) = bias {
+        for (p, plane) in y.chunks_mut(ohw).enumerate() {
+            let b = bias[p % oc];
+            plane.iter_mut().for_each(|v| *v += b);
+        }
+    }
+    y
+}
+
+/// Gradients from dy (N, OC, OH, OW): (dx, dweight, dbias if asked).
+fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, with_bias: bool) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    let (oc, ohw, ckk, chw) = (d.oc, d.ohw(), d.ckk(), d.c * d.hw());
+    let mut dx = vec![0f32; d.n * chw];
+    let mut dw = vec![0f32; oc * ckk];
+    let (mut cols, mut dy_cols, mut dcols) = (Vec::new(), Vec::new(), Vec::new());
+    let wt = View::rows(weight, oc, ckk).t();
+    for (i, images) in d.groups().enumerate() {
+        let width = images.len() * ohw;
+        let dy_group = &dy[images.start * oc * ohw..images.end * oc * ohw];
+        // dy of the group as (OC, images*OH*OW).
+        let dy_group: &[f32] = if images.len() == 1 {
+            dy_group
+        } else {
+            dy_cols.resize(oc * width, 0.0);
+            for (j, image) in dy_group.chunks(oc * ohw).enumerate() {
+                for (o, plane) in image.chunks(ohw).enumerate() {
+                    dy_cols[o * width + j * ohw..][..ohw].copy_from_slice(plane);
+                }
+            }
+            &dy_cols
+        };
+        let dyv = View::rows(dy_group, oc, width);
+        let cols = columns(x, d, &images, &mut cols);
+        matmul(&mut dw, ckk, i > 0, dyv, View::rows(cols, ckk, width).t());
+        let dx_group = &mut dx[images.start * chw..images.end * chw];
+        if d.pointwise() && images.len() == 1 {
+            matmul(dx_group, d.hw(), false, wt, dyv);
+        } else {
+            dcols.resize(ckk * width, 0.0);
+            matmul(&mut dcols, width, false, wt, dyv);
+            col2im(&dcols, d, images, dx_group);
+        }
+    }
+    let db = with_bias.then(|| {
+        let mut db = vec![0f64; oc];
+        for (p, plane) in dy.chunks(ohw).enumerate() {
+            db[p % oc] += plane.iter().map(|&v| v as f64).sum::<f64>();
+        }
+        db.into_iter().map(|v| v as f32).collect()
+    });
+    (dx, dw, db)
+}
+
+/// The convolution as one graph node: on (x, weight), or (x, weight, bias).
+struct Conv2dOp {
+    g: Geometry,
+}
+
+/// Backward on (x, weight, dy): dx; the weight and bias gradients are left in
+/// `param_grads`.
+struct Conv2dGrad {
+    g: Geometry,
+    with_bias: bool,
+    param_grads: Arc<Mutex<Option<(Vec<f32>, Option<Vec<f32>>)>>>,
+}
+
+impl Conv2dOp {
+    fn fwd(&self, x: (&CpuStorage, &Layout), w: (&CpuStorage, &Layout), bias: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(x.1, w.1, self.g)?;
+        let xs = f32_slice(x.0, x.1, "conv2d_gemm: input")?;
+        let ws = f32_slice(w.0, w.1, "conv2d_gemm: weight")?;
+        let bs = bias.map(|(s, l)| f32_slice(s, l, "conv2d_gemm: bias")).transpose()?;
+        if bs.is_some_and(|b| b.len() != d.oc) {
+            candle_core::bail!("conv2d_gemm: bias of {} values for {} output channels", bs.map_or(0, |b| b.len()), d.oc);
+        }
+        Ok((CpuStorage::F32(forward(xs, ws, bs, &d)), Shape::from((d.n, d.oc, d.oh, d.ow))))
+    }
+
+    /// (dx, dweight, dbias) as tensors.
+    fn grads(&self, x: &Tensor, weight: &Tensor, dy: &Tensor, with_bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let param_grads = Arc::new(Mutex::new(None));
+        let op = Conv2dGrad { g: self.g, with_bias, param_grads: param_grads.clone() };
+        let dx = x.apply_op3_no_bwd(weight, &dy.contiguous()?, &op)?;
+        let (dw, db) = param_grads.lock().unwrap().take().expect("the gradient op leaves the parameter gradients");
+        let dw = Tensor::from_vec(dw, weight.shape(), x.device())?;
+        let db = db.map(|db| Tensor::from_vec(db, weight.dim(0)?, x.device())).transpose()?;
+        Ok((dx, dw, db))
+    }
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "candle-mpi conv2d"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), None)
+    }
+    fn bwd(&self, x: &Tensor, weight: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.grads(x, weight, dy, false)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "candle-mpi conv2d with bias"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+    fn bwd(&self, x: &Tensor, weight: &Tensor, _bias: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = self.grads(x, weight, dy, true)?;
+        Ok((Some(dx), Some(dw), db))
+    }
+}
+
+impl CustomOp3 for Conv2dGrad {
+    fn name(&self) -> &'static str {
+        "candle-mpi conv2d backward"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1, l2, self.g)?;
+        let x = f32_slice(s1, l1, "conv2d_gemm backward: input")?;
+        let w = f32_slice(s2, l2, "conv2d_gemm backward: weight")?;
+        let dy = f32_slice(s3, l3, "conv2d_gemm backward: output gradient")?;
+        if dy.len() != d.n * d.oc * d.ohw() {
+            candle_core::bail!("conv2d_gemm backward: output gradient of {} values, expected {}", dy.len(), d.n * d.oc * d.ohw());
+        }
+        let (dx, dw, db) = backward(x, w, dy, &d, self.with_bias);
+        *self.param_grads.lock().unwrap() = Some((dw, db));
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
 /// y = conv2d(x, weight) (+ bias), x (N, C, H, W) f32 on the CPU, weight
-/// (OC, C, k, k); differentiable in x, weight and bias.
+/// (OC, C, k, k); differentiable in x, weight and bias. The output is
+/// contiguous (N, OC, OH, OW).
 pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: Geometry) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (oc, wc, kh, kw) = weight.dims4()?;
-    if wc != c || kh != g.kernel || kw != g.kernel {
-        candle_core::bail!("conv2d_gemm: weight {:?} does not fit input {:?} and kernel {}", weight.dims(), x.dims(), g.kernel);
-    }
-    if h + 2 * g.padding < g.kernel || w + 2 * g.padding < g.kernel {
-        candle_core::bail!("conv2d_gemm: input {h}x{w} smaller than kernel {} with padding {}", g.kernel, g.padding);
-    }
-    let (oh, ow) = (g.out_len(h), g.out_len(w));
-    let cols_t = if g.kernel == 1 && g.stride == 1 && g.padding == 0 {
-        x.transpose(0, 1)?.contiguous()?.reshape((c, n * h * w))?
-    } else {
-        x.contiguous()?.apply_op1(Im2Col { g, dims: (n, c, h, w) })?
-    };
-    let y = weight.reshape((oc, c * g.kernel * g.kernel))?.matmul(&cols_t)?;
-    let y = y.reshape((oc, n, oh, ow))?.transpose(0, 1)?;
+    Dims::new(x.layout(), weight.layout(), g)?;
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, oc, 1, 1))?),
-        // Left as a view of the (OC, N, OH, OW) product: batch norm reads it
-        // as it is (batch_norm.rs), other consumers copy it if they must.
-        None => Ok(y),
+        Some(b) => x.apply_op3(&weight, &b.contiguous()?, Conv2dOp { g }),
+        None => x.apply_op2(&weight, Conv2dOp { g }),
     }
 }
 
@@ -161,8 +352,11 @@ mod tests {
     #[test]
     fn matches_candle_conv2d_forward_and_backward() {
         let dev = Device::Cpu;
-        for (c, oc, hw, k, stride, padding) in [(3, 4, 11, 3, 1, 1), (2, 5, 13, 3, 2, 1), (3, 2, 16, 11, 4, 2), (4, 6, 7, 1, 1, 0), (4, 3, 9, 1, 2, 0), (2, 3, 10, 5, 1, 2), (3, 4, 9, 7, 2, 3)] {
-            let x = Var::from_vec(pseudo(2 * c * hw * hw, 1), (2, c, hw, hw), &dev).unwrap();
+        // Groups of several images (small outputs), of one image (17x17 and
+        // 16x16 outputs: 256 columns or more), and a batch of 5 that splits
+        // into groups of 3 and 2 (10x10 outputs).
+        for (n, c, oc, hw, k, stride, padding) in [(2, 3, 4, 11, 3, 1, 1), (2, 2, 5, 13, 3, 2, 1), (2, 3, 2, 16, 11, 4, 2), (2, 4, 6, 7, 1, 1, 0), (2, 4, 3, 9, 1, 2, 0), (2, 2, 3, 10, 5, 1, 2), (2, 3, 4, 9, 7, 2, 3), (2, 3, 4, 17, 3, 1, 1), (3, 5, 4, 16, 1, 1, 0), (5, 2, 3, 10, 3, 1, 1), (5, 2, 3, 10, 1, 1, 0)] {
+            let x = Var::from_vec(pseudo(n * c * hw * hw, 1), (n, c, hw, hw), &dev).unwrap();
             let wt = Var::from_vec(pseudo(oc * c * k * k, 2), (oc, c, k, k), &dev).unwrap();
             let b = Var::from_vec(pseudo(oc, 3), oc, &dev).unwrap();
             let g = Geometry { kernel: k, stride, padding };
@@ -177,7 +371,7 @@ mod tests {
                 let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
                 let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
                 let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
-                assert!(worst <= 1e-5 * scale, "{what} (c {c} oc {oc} hw {hw} k {k} s {stride} p {padding}): off by {worst} of {scale}");
+                assert!(worst <= 1e-5 * scale, "{what} (n {n} c {c} oc {oc} hw {hw} k {k} s {stride} p {padding}): off by {worst} of {scale}");
             };
             close(&ours, &theirs, "output");
             close(go.get(&x).unwrap(), gt.get(&x).unwrap(), "input gradient");
@@ -186,18 +380,22 @@ mod tests {
         }
     }
 
-    /// col2im is im2col's adjoint: <im2col(x), y> = <x, col2im(y)>.
+    /// col2im is im2col's adjoint: <im2col(x), y> = <x, col2im(y)>, for a
+    /// group of images inside a batch.
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
-        let dev = Device::Cpu;
-        let g = Geometry { kernel: 3, stride: 2, padding: 1 };
-        let dims = (2, 3, 7, 6);
-        let x = Tensor::from_vec(pseudo(2 * 3 * 7 * 6, 5), (2, 3, 7, 6), &dev).unwrap();
-        let cols = x.apply_op1_no_bwd(&Im2Col { g, dims }).unwrap();
-        let y = Tensor::from_vec(pseudo(cols.elem_count(), 6), cols.shape(), &dev).unwrap();
-        let back = y.apply_op1_no_bwd(&Col2Im { g, dims }).unwrap();
-        let lhs = (cols * &y).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-        let rhs = (x * back).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!((lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+        for g in [Geometry { kernel: 3, stride: 2, padding: 1 }, Geometry { kernel: 3, stride: 1, padding: 1 }, Geometry { kernel: 5, stride: 3, padding: 2 }] {
+            let d = Dims { n: 3, c: 3, h: 7, w: 6, oc: 1, oh: g.out_len(7), ow: g.out_len(6), g };
+            let x = pseudo(3 * 3 * 7 * 6, 5);
+            let images = 1..3;
+            let mut cols = Vec::new();
+            im2col(&x, &d, images.clone(), &mut cols);
+            let y = pseudo(cols.len(), 6);
+            let mut back = vec![0f32; 2 * 3 * 7 * 6];
+            col2im(&y, &d, images, &mut back);
+            let lhs: f64 = cols.iter().zip(&y).map(|(a, b)| (a * b) as f64).sum();
+            let rhs: f64 = x[3 * 7 * 6..].iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
+            assert!((lhs - rhs).abs() <= 1e-5 * lhs.abs().max(1.0), "{g:?}: {lhs} vs {rhs}");
+        }
     }
 }
