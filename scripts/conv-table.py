@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""The per-layer table of docs/performance.md from the last `cargo bench --bench conv`.
+
+Reads criterion's records under target/criterion (median time of each
+benchmark, and the floating-point operations it was given as throughput) and
+prints GFLOP/s for candle's conv2d and ours, and ours as a share of the GEMM
+ceiling measured in the same bench run.
+
+Usage: cargo bench --bench conv && python3 scripts/conv-table.py
+"""
+import json
+import os
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "criterion")
+
+
+def gflops(group, bench):
+    d = os.path.join(ROOT, group, bench, "new")
+    with open(os.path.join(d, "benchmark.json")) as f:
+        flops = json.load(f)["throughput"]["Elements"]
+    with open(os.path.join(d, "estimates.json")) as f:
+        ns = json.load(f)["median"]["point_estimate"]
+    return flops / ns
+
+
+def main():
+    ceiling = gflops("gemm_ceiling", "matmul_512x576x4096")
+    print(f"GEMM ceiling (candle's single-thread f32 matmul 512x576x4096): {ceiling:.1f} GFLOP/s")
+    print("| layer | candle conv2d (GFLOP/s) | ours (GFLOP/s) | ours / ceiling |")
+    print("|---|---|---|---|")
+    for group in sorted(os.listdir(ROOT)):
+        if group in ("gemm_ceiling", "report") or not os.path.isdir(os.path.join(ROOT, group, "ours_fwd_bwd")):
+            continue
+        theirs, ours = gflops(group, "candle_fwd_bwd"), gflops(group, "ours_fwd_bwd")
+        print(f"| {group} | {theirs:.1f} | {ours:.1f} | {100 * ours / ceiling:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
