@@ -4,7 +4,8 @@
 //! conv_transpose2d, a loop of dot products. Here, for a group of images,
 //!   cols = im2col(x)                  (C*k*k, images*OH*OW)
 //!   y    = W (OC, C*k*k) @ cols       (OC, images*OH*OW)
-//! and backward, with cols computed again rather than kept,
+//! and backward, with the cols forward kept (up to 16 MiB a layer) or
+//! computed again,
 //!   dW  += dy @ cols^T                (OC, C*k*k)
 //!   dx   = col2im(W^T @ dy)
 //! GEMMs are the gemm crate's (candle's), called on views (gemm_cpu.rs).
@@ -12,7 +13,8 @@
 //! product then lands in the image's (OC, OH, OW) planes as it is, and a 1x1
 //! stride-1 convolution multiplies the image itself, no im2col), and several
 //! small images otherwise (their product is scattered into their planes).
-//! Groups also bound im2col's memory at large inputs. The whole convolution is
+//! Groups also bound im2col's memory at large inputs (only the group's cols
+//! exist at a time where a layer's would exceed 16 MiB). The whole convolution is
 //! one node of candle's graph: candle accumulates each node's input gradient
 //! into a zero-filled tensor, which for im2col's output had been a pass over
 //! nine times the activation of every 3x3 layer. Square kernels, groups 1:
@@ -171,15 +173,24 @@ fn columns<'a>(x: &'a [f32], d: &Dims, images: &Range<usize>, buf: &'a mut Vec<f
     }
 }
 
-/// y (N, OC, OH, OW) = conv(x, weight) + bias.
-fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims) -> Vec<f32> {
+/// Column matrices (f32 values, 16 MiB) up to which forward keeps a layer's
+/// cols for backward instead of backward computing them again.
+const KEEP_COLS_UP_TO: usize = 4 << 20;
+
+/// The column matrices forward kept, one per group.
+type KeptCols = Vec<Vec<f32>>;
+
+/// y (N, OC, OH, OW) = conv(x, weight) + bias, and the groups' column
+/// matrices when they are small enough to keep (and not the input itself).
+fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims) -> (Vec<f32>, Option<KeptCols>) {
     let (oc, ohw) = (d.oc, d.ohw());
     let mut y = vec![0f32; d.n * oc * ohw];
-    let (mut cols, mut product) = (Vec::new(), Vec::new());
+    let (mut buf, mut product) = (Vec::new(), Vec::new());
     let wv = View::rows(weight, oc, d.ckk());
+    let mut kept = (d.ckk() * d.n * ohw <= KEEP_COLS_UP_TO && !(d.pointwise() && ohw >= MIN_GROUP_COLUMNS)).then(Vec::new);
     for images in d.groups() {
         let width = images.len() * ohw;
-        let cols = columns(x, d, &images, &mut cols);
+        let cols = columns(x, d, &images, &mut buf);
         let y_group = &mut y[images.start * oc * ohw..images.end * oc * ohw];
         if images.len() == 1 {
             matmul(y_group, ohw, false, wv, View::rows(cols, d.ckk(), width));
@@ -193,6 +204,9 @@ fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims) -> Vec<f32
                 }
             }
         }
+        if let Some(kept) = kept.as_mut() {
+            kept.push(std::mem::take(&mut buf)); // the next group gets a new buffer
+        }
     }
     if let Some(bias) = bias {
         for (p, plane) in y.chunks_mut(ohw).enumerate() {
@@ -200,11 +214,11 @@ fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims) -> Vec<f32
             plane.iter_mut().for_each(|v| *v += b);
         }
     }
-    y
+    (y, kept)
 }
 
 /// Gradients from dy (N, OC, OH, OW): (dx, dweight, dbias if asked).
-fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, with_bias: bool) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, with_bias: bool, kept: Option<KeptCols>) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (oc, ohw, ckk, chw) = (d.oc, d.ohw(), d.ckk(), d.c * d.hw());
     let mut dx = vec![0f32; d.n * chw];
     let mut dw = vec![0f32; oc * ckk];
@@ -226,7 +240,10 @@ fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, with_bias: bool) ->
             &dy_cols
         };
         let dyv = View::rows(dy_group, oc, width);
-        let cols = columns(x, d, &images, &mut cols);
+        let cols = match &kept {
+            Some(kept) => &kept[i],
+            None => columns(x, d, &images, &mut cols),
+        };
         // dW += dy @ cols^T. (The gemm crate gathers the transposed view
         // element by element: for VGG16's early layers, whose cols outgrow the
         // caches, this GEMM takes about 3x the time of each of the other two.
@@ -255,6 +272,8 @@ fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, with_bias: bool) ->
 /// The convolution as one graph node: on (x, weight), or (x, weight, bias).
 struct Conv2dOp {
     g: Geometry,
+    /// The column matrices forward kept for backward (taken by backward).
+    kept: Mutex<Option<KeptCols>>,
 }
 
 /// Backward on (x, weight, dy): dx; the weight and bias gradients are left in
@@ -262,6 +281,7 @@ struct Conv2dOp {
 struct Conv2dGrad {
     g: Geometry,
     with_bias: bool,
+    kept: Mutex<Option<KeptCols>>,
     param_grads: Arc<Mutex<Option<(Vec<f32>, Option<Vec<f32>>)>>>,
 }
 
@@ -274,13 +294,16 @@ impl Conv2dOp {
         if bs.is_some_and(|b| b.len() != d.oc) {
             candle_core::bail!("conv2d_gemm: bias of {} values for {} output channels", bs.map_or(0, |b| b.len()), d.oc);
         }
-        Ok((CpuStorage::F32(forward(xs, ws, bs, &d)), Shape::from((d.n, d.oc, d.oh, d.ow))))
+        let (y, kept) = forward(xs, ws, bs, &d);
+        *self.kept.lock().unwrap() = kept;
+        Ok((CpuStorage::F32(y), Shape::from((d.n, d.oc, d.oh, d.ow))))
     }
 
     /// (dx, dweight, dbias) as tensors.
     fn grads(&self, x: &Tensor, weight: &Tensor, dy: &Tensor, with_bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let param_grads = Arc::new(Mutex::new(None));
-        let op = Conv2dGrad { g: self.g, with_bias, param_grads: param_grads.clone() };
+        let kept = Mutex::new(self.kept.lock().unwrap().take());
+        let op = Conv2dGrad { g: self.g, with_bias, kept, param_grads: param_grads.clone() };
         let dx = x.apply_op3_no_bwd(weight, &dy.contiguous()?, &op)?;
         let (dw, db) = param_grads.lock().unwrap().take().expect("the gradient op leaves the parameter gradients");
         let dw = Tensor::from_vec(dw, weight.shape(), x.device())?;
@@ -327,7 +350,7 @@ impl CustomOp3 for Conv2dGrad {
         if dy.len() != d.n * d.oc * d.ohw() {
             candle_core::bail!("conv2d_gemm backward: output gradient of {} values, expected {}", dy.len(), d.n * d.oc * d.ohw());
         }
-        let (dx, dw, db) = backward(x, w, dy, &d, self.with_bias);
+        let (dx, dw, db) = backward(x, w, dy, &d, self.with_bias, self.kept.lock().unwrap().take());
         *self.param_grads.lock().unwrap() = Some((dw, db));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -340,8 +363,8 @@ pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: Geomet
     Dims::new(x.layout(), weight.layout(), g)?;
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
-        Some(b) => x.apply_op3(&weight, &b.contiguous()?, Conv2dOp { g }),
-        None => x.apply_op2(&weight, Conv2dOp { g }),
+        Some(b) => x.apply_op3(&weight, &b.contiguous()?, Conv2dOp { g, kept: Mutex::new(None) }),
+        None => x.apply_op2(&weight, Conv2dOp { g, kept: Mutex::new(None) }),
     }
 }
 
@@ -402,6 +425,23 @@ mod tests {
             let lhs: f64 = cols.iter().zip(&y).map(|(a, b)| (a * b) as f64).sum();
             let rhs: f64 = x[3 * 7 * 6..].iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
             assert!((lhs - rhs).abs() <= 1e-5 * lhs.abs().max(1.0), "{g:?}: {lhs} vs {rhs}");
+        }
+    }
+
+    /// Backward gives the same bits whether forward kept the column matrices
+    /// or backward computes them again.
+    #[test]
+    fn kept_and_recomputed_columns_give_the_same_gradients() {
+        for (n, c, oc, hw, g) in [(5, 2, 3, 10, Geometry { kernel: 3, stride: 1, padding: 1 }), (2, 3, 4, 17, Geometry { kernel: 3, stride: 2, padding: 1 }), (4, 3, 2, 6, Geometry { kernel: 1, stride: 1, padding: 0 })] {
+            let d = Dims { n, c, h: hw, w: hw, oc, oh: g.out_len(hw), ow: g.out_len(hw), g };
+            let x = pseudo(n * c * hw * hw, 1);
+            let w = pseudo(oc * d.ckk(), 2);
+            let (y, kept) = forward(&x, &w, None, &d);
+            assert!(kept.is_some(), "{d:?}: small column matrices are kept");
+            let dy = pseudo(y.len(), 3);
+            let with = backward(&x, &w, &dy, &d, true, kept);
+            let without = backward(&x, &w, &dy, &d, true, None);
+            assert_eq!(with, without, "{d:?}");
         }
     }
 }
