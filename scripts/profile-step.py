@@ -27,7 +27,7 @@ import time
 # so they are found by their own names, not under forward or backward.
 OPS = [
     ("GEMM (gemm crate: convolutions and linear layers; self)", "self", r"^gemm_f32::|^gemm_common::"),
-    ("im2col (ours, forward and again in backward)", "incl", r"candle_mpi::models::conv::im2col$"),
+    ("im2col (ours: forward, and backward where forward did not keep cols)", "incl", r"candle_mpi::models::conv::im2col$"),
     ("col2im (ours)", "incl", r"candle_mpi::models::conv::col2im$"),
     ("candle conv2d (CANDLE_MPI_CONV=candle)", "incl", r"cpu_backend::conv2d::|Conv2D as"),
     ("candle conv_transpose2d (its input gradient)", "incl", r"ConvTranspose2D as|conv_transpose2d"),
