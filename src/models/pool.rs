@@ -13,6 +13,8 @@
 //! Each op is described by the windows it reads along each axis; the same
 //! description drives the forward and the backward, so they cannot disagree.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -115,6 +117,10 @@ struct PoolOp {
     kind: Kind,
     h: AxisWindows,
     w: AxisWindows,
+    /// Max pooling on the CPU: each output's argmax (index in its plane),
+    /// found by forward and taken by backward, which otherwise searches
+    /// every window again.
+    argmax: Arc<Mutex<Option<Vec<u32>>>>,
 }
 
 /// Floats the CPU kernels run on.
@@ -187,6 +193,21 @@ impl PoolOp {
     fn forward<T: PoolFloat>(&self, x: &[T], planes: usize) -> Vec<T> {
         let (ih, iw) = (self.h.input, self.w.input);
         let (oh, ow) = (self.h.len(), self.w.len());
+        if self.kind == Kind::Max {
+            // The argmax of every window, kept for backward; the values from it.
+            let mut at = vec![0u32; planes * oh * ow];
+            crate::par::for_each_chunk(&mut at, oh * ow, |p, dst| {
+                let plane = &x[p * ih * iw..(p + 1) * ih * iw];
+                for o_h in 0..oh {
+                    for o_w in 0..ow {
+                        dst[o_h * ow + o_w] = self.argmax(plane, iw, o_h, o_w) as u32;
+                    }
+                }
+            });
+            let out = at.iter().enumerate().map(|(k, &a)| x[k / (oh * ow) * ih * iw + a as usize]).collect();
+            *self.argmax.lock().unwrap() = Some(at);
+            return out;
+        }
         let mut out = vec![T::ZERO; planes * oh * ow];
         crate::par::for_each_chunk(&mut out, oh * ow, |p, dst| {
             let plane = &x[p * ih * iw..(p + 1) * ih * iw];
@@ -215,6 +236,18 @@ impl PoolOp {
         let (ih, iw) = (self.h.input, self.w.input);
         let (oh, ow) = (self.h.len(), self.w.len());
         let mut grad_in = vec![T::ZERO; planes * ih * iw];
+        let kept = if x.is_some() { self.argmax.lock().unwrap().take() } else { None };
+        if let Some(at) = kept.filter(|at| at.len() == grad_out.len()) {
+            // Max pooling after a CPU forward: route each output's gradient to
+            // its argmax, in the same order as the search below would.
+            crate::par::for_each_chunk(&mut grad_in, ih * iw, |p, dst| {
+                let range = p * oh * ow..(p + 1) * oh * ow;
+                for (&a, &go) in at[range.clone()].iter().zip(&grad_out[range]) {
+                    dst[a as usize] += go;
+                }
+            });
+            return grad_in;
+        }
         crate::par::for_each_chunk(&mut grad_in, ih * iw, |p, dst| {
             let g = &grad_out[p * oh * ow..(p + 1) * oh * ow];
             for o_h in 0..oh {
@@ -386,14 +419,14 @@ fn spatial(x: &Tensor) -> Result<(usize, usize)> {
 /// Max pooling with PyTorch's semantics (padding never wins; ties go to the first).
 pub fn max_pool2d(x: &Tensor, p: Pool2d) -> Result<Tensor> {
     let (h, w) = spatial(x)?;
-    let op = PoolOp { kind: Kind::Max, h: AxisWindows::strided(h, &p)?, w: AxisWindows::strided(w, &p)? };
+    let op = PoolOp { kind: Kind::Max, h: AxisWindows::strided(h, &p)?, w: AxisWindows::strided(w, &p)?, argmax: Default::default() };
     x.contiguous()?.apply_op1(op)
 }
 
 /// Average pooling; padded cells count in the divisor (`count_include_pad=True`).
 pub fn avg_pool2d(x: &Tensor, p: Pool2d) -> Result<Tensor> {
     let (h, w) = spatial(x)?;
-    let op = PoolOp { kind: Kind::Avg, h: AxisWindows::strided(h, &p)?, w: AxisWindows::strided(w, &p)? };
+    let op = PoolOp { kind: Kind::Avg, h: AxisWindows::strided(h, &p)?, w: AxisWindows::strided(w, &p)?, argmax: Default::default() };
     x.contiguous()?.apply_op1(op)
 }
 
@@ -403,13 +436,32 @@ pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Ten
     if (h, w) == (out_h, out_w) {
         return Ok(x.clone());
     }
-    let op = PoolOp { kind: Kind::Avg, h: AxisWindows::adaptive(h, out_h)?, w: AxisWindows::adaptive(w, out_w)? };
+    let op = PoolOp { kind: Kind::Avg, h: AxisWindows::adaptive(h, out_h)?, w: AxisWindows::adaptive(w, out_w)?, argmax: Default::default() };
     x.contiguous()?.apply_op1(op)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Max pooling's backward gives the same bits from the argmax forward kept
+    /// as from searching the windows again (what it does without a CPU forward).
+    #[test]
+    fn kept_and_searched_argmax_give_the_same_gradient() {
+        for p in [Pool2d::new(3, 2).padding(1), Pool2d::new(3, 1).padding(1).ceil(), Pool2d::new(2, 2).ceil()] {
+            let (planes, side) = (6, 9);
+            // Ties on purpose: values repeat every 7, so windows hold equal maxima.
+            let x: Vec<f32> = (0..planes * side * side).map(|i| ((i * 5) % 7) as f32).collect();
+            let op = PoolOp { kind: Kind::Max, h: AxisWindows::strided(side, &p).unwrap(), w: AxisWindows::strided(side, &p).unwrap(), argmax: Default::default() };
+            let y = op.forward(&x, planes);
+            let g: Vec<f32> = (0..y.len()).map(|i| 1.0 + (i % 11) as f32 * 0.25).collect();
+            assert!(op.argmax.lock().unwrap().is_some(), "{p:?}: forward keeps the argmax");
+            let kept = op.backward(Some(&x), &g, planes);
+            assert!(op.argmax.lock().unwrap().is_none(), "{p:?}: backward takes it");
+            let searched = op.backward(Some(&x), &g, planes);
+            assert_eq!(kept, searched, "{p:?}");
+        }
+    }
 
     #[test]
     fn output_lengths_follow_pytorch() {
