@@ -25,7 +25,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, ModuleT, Result, Shape, Tensor, Var};
 use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder};
 
@@ -167,13 +166,6 @@ impl Planes {
     }
 }
 
-fn f32_storage<'a>(s: &'a CpuStorage, what: &str) -> Result<&'a [f32]> {
-    match s {
-        CpuStorage::F32(v) => Ok(v),
-        other => candle_core::bail!("{what} must be f32, got {:?}", other.dtype()),
-    }
-}
-
 fn channel_vector(s: &CpuStorage, l: &Layout, c: usize, what: &str) -> Result<Vec<f32>> {
     let v = crate::cpu_slice::f32_slice(s, l, what)?;
     if v.len() != c {
@@ -226,15 +218,18 @@ fn plane_sum2(x: &[f32], dy: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64
     (t0, t1)
 }
 
-/// Per-channel sums of f(plane, channel) over all planes, the planes in parallel.
-fn channel_sums(p: &Planes, per_plane: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
+/// Per-channel sums of f(plane, channel) over all planes (K sums at once),
+/// the planes in parallel, added per channel in storage order.
+fn channel_sums<const K: usize>(p: &Planes, per_plane: impl Fn(usize, usize) -> [f64; K] + Sync + Send) -> Vec<[f64; K]> {
     let sums = crate::par::map(p.count(), |k| {
         let (i, ch) = p.index(k);
         per_plane(i, ch)
     });
-    let mut out = vec![0f64; p.c];
+    let mut out = vec![[0f64; K]; p.c];
     for (k, s) in sums.into_iter().enumerate() {
-        out[p.index(k).1] += s;
+        for (total, v) in out[p.index(k).1].iter_mut().zip(s) {
+            *total += v;
+        }
     }
     out
 }
@@ -252,18 +247,18 @@ impl CustomOp3 for BatchNormTrain {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_storage(s1, "batch norm: input")?;
+        let x = crate::cpu_slice::f32_storage(s1, "batch norm: input")?;
         let p = Planes::new(l1, "batch norm: input")?;
         let gamma = channel_vector(s2, l2, p.c, "batch norm: weight")?;
         let beta = channel_vector(s3, l3, p.c, "batch norm: bias")?;
         let per_channel = (p.n * p.hw) as f64;
-        let mean: Vec<f64> = channel_sums(&p, |i, ch| plane_sum(p.plane(x, i, ch), |v| v)).into_iter().map(|s| s / per_channel).collect();
+        let mean: Vec<f64> = channel_sums(&p, |i, ch| [plane_sum(p.plane(x, i, ch), |v| v)]).into_iter().map(|[s]| s / per_channel).collect();
         let var: Vec<f64> = channel_sums(&p, |i, ch| {
             let m = mean[ch] as f32;
-            plane_sum(p.plane(x, i, ch), |v| (v - m) * (v - m))
+            [plane_sum(p.plane(x, i, ch), |v| (v - m) * (v - m))]
         })
         .into_iter()
-        .map(|s| s / per_channel)
+        .map(|[s]| s / per_channel)
         .collect();
         let (a, b) = scale_shift(&gamma, &beta, &mean, &var, self.eps);
         let mut y = vec![0f32; p.count() * p.hw];
@@ -310,28 +305,23 @@ impl CustomOp3 for BatchNormGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_storage(s1, "batch norm backward: input")?;
+        let x = crate::cpu_slice::f32_storage(s1, "batch norm backward: input")?;
         let p = Planes::new(l1, "batch norm backward: input")?;
-        let dy = f32_storage(s2, "batch norm backward: output gradient")?;
+        let dy = crate::cpu_slice::f32_storage(s2, "batch norm backward: output gradient")?;
         let dy_planes = Planes::new(l2, "batch norm backward: output gradient")?;
         let gamma = channel_vector(s3, l3, p.c, "batch norm backward: weight")?;
         let (a, b) = scale_shift(&gamma, &self.bias, &self.mean, &self.var, self.eps);
         let relu = self.relu;
         let dy_plane = |i: usize, ch: usize| dy_planes.plane(dy, i, ch);
-        let sums = crate::par::map(p.count(), |k| {
-            let (i, ch) = p.index(k);
+        let sums = channel_sums(&p, |i, ch| {
             let (a, b, m) = (a[ch], b[ch], self.mean[ch] as f32);
-            plane_sum2(p.plane(x, i, ch), dy_plane(i, ch), |v, g| {
+            let (g, gx) = plane_sum2(p.plane(x, i, ch), dy_plane(i, ch), |v, g| {
                 let g = if relu && v * a + b < 0.0 { 0.0 } else { g };
                 (g, g * (v - m))
-            })
+            });
+            [g, gx]
         });
-        let (mut sum_g, mut sum_gx) = (vec![0f64; p.c], vec![0f64; p.c]);
-        for (k, (g, gx)) in sums.into_iter().enumerate() {
-            let ch = p.index(k).1;
-            sum_g[ch] += g;
-            sum_gx[ch] += gx;
-        }
+        let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = sums.into_iter().map(|[g, gx]| (g, gx)).unzip();
         let per_channel = (p.n * p.hw) as f64;
         let inv_std: Vec<f64> = self.var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
         // dx = a * (g - mean_g - (x - mean) * k), k = sum_gx / (M (var + eps)).
