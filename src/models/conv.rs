@@ -221,6 +221,19 @@ fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims) -> (Vec<f3
 fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, with_bias: bool, kept: Option<KeptCols>) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (oc, ohw, ckk, chw) = (d.oc, d.ohw(), d.ckk(), d.c * d.hw());
     let mut dx = vec![0f32; d.n * chw];
+    // The weight gradient's GEMM has the pixels as its inner dimension, and
+    // both operands hold them contiguous, so the gemm crate gathers one of
+    // them element by element into its packed blocks: for a row-major
+    // destination, the operand of the destination's rows. So the destination
+    // is whichever of dW (OC, C*k*k) and dW^T (C*k*k, OC) has fewer rows:
+    // dW^T in a 3x3 layer (OC rows of dy gathered, not 9*C rows of cols),
+    // dW where the input has few channels and OC is wide. dW^T costs a
+    // transpose at the end, which outweighs the saving where the layer has
+    // few pixels (ResNet50's 2x2 3x3 layer at 64 px: 7.1 -> 13.9 ms), so
+    // it is taken only where the pixels number at least half cols' rows.
+    // Measured in docs/performance.md (VGG16's 3x3 at 64 channels: 79 -> 119
+    // GFLOP/s).
+    let transposed = oc < ckk && 2 * d.n * ohw >= ckk;
     let mut dw = vec![0f32; oc * ckk];
     let (mut cols, mut dy_cols, mut dcols) = (Vec::new(), Vec::new(), Vec::new());
     let wt = View::rows(weight, oc, ckk).t();
@@ -244,12 +257,12 @@ fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, with_bias: bool, ke
             Some(kept) => &kept[i],
             None => columns(x, d, &images, &mut cols),
         };
-        // dW += dy @ cols^T. (The gemm crate gathers the transposed view
-        // element by element: for VGG16's early layers, whose cols outgrow the
-        // caches, this GEMM takes about 3x the time of each of the other two.
-        // Transposing cols first, or splitting the product by pixel blocks,
-        // measured slower.)
-        matmul(&mut dw, ckk, i > 0, dyv, View::rows(cols, ckk, width).t());
+        let colsv = View::rows(cols, ckk, width);
+        if transposed {
+            matmul(&mut dw, oc, i > 0, colsv, dyv.t()); // dW^T += cols @ dy^T
+        } else {
+            matmul(&mut dw, ckk, i > 0, dyv, colsv.t()); // dW += dy @ cols^T
+        }
         let dx_group = &mut dx[images.start * chw..images.end * chw];
         if d.pointwise() && images.len() == 1 {
             matmul(dx_group, d.hw(), false, wt, dyv);
@@ -259,6 +272,9 @@ fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, with_bias: bool, ke
             col2im(&dcols, d, images, dx_group);
         }
     }
+    if transposed {
+        dw = transpose(&dw, ckk, oc);
+    }
     let db = with_bias.then(|| {
         let mut db = vec![0f64; oc];
         for (p, plane) in dy.chunks(ohw).enumerate() {
@@ -267,6 +283,24 @@ fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, with_bias: bool, ke
         db.into_iter().map(|v| v as f32).collect()
     });
     (dx, dw, db)
+}
+
+/// The (cols, rows) transpose of a row-major (rows, cols) matrix, by 32 x 32
+/// tiles (a large weight gradient, transposed an element at a time, misses
+/// the cache on every write).
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut t = vec![0f32; m.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    t[c * rows + r] = m[r * cols + c];
+                }
+            }
+        }
+    }
+    t
 }
 
 /// The convolution as one graph node: on (x, weight), or (x, weight, bias).
@@ -383,7 +417,9 @@ mod tests {
         let dev = Device::Cpu;
         // Groups of several images (small outputs), of one image (17x17 and
         // 16x16 outputs: 256 columns or more), and a batch of 5 that splits
-        // into groups of 3 and 2 (10x10 outputs).
+        // into groups of 3 and 2 (10x10 outputs). The weight gradient is
+        // taken as dW^T (e.g. the first), as dW for OC > C*k*k (the fourth)
+        // and for few pixels (the seventh).
         for (n, c, oc, hw, k, stride, padding) in [(2, 3, 4, 11, 3, 1, 1), (2, 2, 5, 13, 3, 2, 1), (2, 3, 2, 16, 11, 4, 2), (2, 4, 6, 7, 1, 1, 0), (2, 4, 3, 9, 1, 2, 0), (2, 2, 3, 10, 5, 1, 2), (2, 3, 4, 9, 7, 2, 3), (2, 3, 4, 17, 3, 1, 1), (3, 5, 4, 16, 1, 1, 0), (5, 2, 3, 10, 3, 1, 1), (5, 2, 3, 10, 1, 1, 0)] {
             let x = Var::from_vec(pseudo(n * c * hw * hw, 1), (n, c, hw, hw), &dev).unwrap();
             let wt = Var::from_vec(pseudo(oc * c * k * k, 2), (oc, c, k, k), &dev).unwrap();
