@@ -153,8 +153,16 @@ fn col2im(cols: &[f32], d: &Dims, images: Range<usize>, dx: &mut [f32]) {
                     }
                     let row = &mut plane[iy as usize * w..][..w];
                     let first = lo * stride + kj - padding;
-                    for (xo, &v) in (first..).step_by(stride).zip(&src[y * ow + lo..y * ow + hi]) {
-                        row[xo] += v;
+                    let src = &src[y * ow + lo..y * ow + hi];
+                    if stride == 1 {
+                        // Slices side by side: the compiler vectorizes this.
+                        for (r, &v) in row[first..first + src.len()].iter_mut().zip(src) {
+                            *r += v;
+                        }
+                    } else {
+                        for (xo, &v) in (first..).step_by(stride).zip(src) {
+                            row[xo] += v;
+                        }
                     }
                 }
             }
