@@ -152,15 +152,6 @@ impl Planes {
         &data[self.offset + i * self.stride.0 + ch * self.stride.1..][..self.hw]
     }
 
-    /// (image, channel) of the p-th plane in storage order.
-    fn index(&self, p: usize) -> (usize, usize) {
-        if self.channel_major {
-            (p % self.n, p / self.n)
-        } else {
-            (p / self.c, p % self.c)
-        }
-    }
-
     fn count(&self) -> usize {
         self.n * self.c
     }
@@ -218,20 +209,35 @@ fn plane_sum2(x: &[f32], dy: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64
     (t0, t1)
 }
 
-/// Per-channel sums of f(plane, channel) over all planes (K sums at once),
-/// the planes in parallel, added per channel in storage order.
+/// Per-channel sums of f(image, channel) over all planes (K sums at once):
+/// the images in parallel, each channel's added in image order (the order
+/// of storage, whichever layout).
 fn channel_sums<const K: usize>(p: &Planes, per_plane: impl Fn(usize, usize) -> [f64; K] + Sync + Send) -> Vec<[f64; K]> {
-    let sums = crate::par::map(p.count(), |k| {
-        let (i, ch) = p.index(k);
-        per_plane(i, ch)
-    });
+    let per_image = crate::par::map(p.n, |i| (0..p.c).map(|ch| per_plane(i, ch)).collect::<Vec<_>>());
     let mut out = vec![[0f64; K]; p.c];
-    for (k, s) in sums.into_iter().enumerate() {
-        for (total, v) in out[p.index(k).1].iter_mut().zip(s) {
-            *total += v;
+    for sums in per_image {
+        for (total, s) in out.iter_mut().zip(sums) {
+            for (t, v) in total.iter_mut().zip(s) {
+                *t += v;
+            }
         }
     }
     out
+}
+
+/// f(image, channel, plane) for each hw-sized plane of `out`, the planes in
+/// (image, channel) order, or (channel, image) when `channel_major`. One task
+/// per image (or channel) and a plane's place counted, not divided out: with
+/// GoogLeNet's 2x2 and 4x4 planes, a division per plane cost more than the
+/// plane's arithmetic.
+fn for_each_plane(out: &mut [f32], p: &Planes, channel_major: bool, f: impl Fn(usize, usize, &mut [f32]) + Sync + Send) {
+    let (block, hw) = if channel_major { (p.n * p.hw, p.hw) } else { (p.c * p.hw, p.hw) };
+    crate::par::for_each_chunk(out, block, |outer, planes| {
+        for (inner, plane) in planes.chunks_mut(hw).enumerate() {
+            let (i, ch) = if channel_major { (inner, outer) } else { (outer, inner) };
+            f(i, ch, plane);
+        }
+    });
 }
 
 /// Per-channel scale and shift: y = x * a + b.
@@ -264,8 +270,7 @@ impl CustomOp3 for BatchNormTrain {
         let mut y = vec![0f32; p.count() * p.hw];
         let relu = self.relu;
         // The output is (N, C, H, W) contiguous whatever the input's layout.
-        crate::par::for_each_chunk(&mut y, p.hw, |k, out| {
-            let (i, ch) = (k / p.c, k % p.c);
+        for_each_plane(&mut y, &p, false, |i, ch, out| {
             let (a, b) = (a[ch], b[ch]);
             let src = p.plane(x, i, ch);
             if relu {
@@ -329,8 +334,7 @@ impl CustomOp3 for BatchNormGrad {
         let k: Vec<f32> = sum_gx.iter().zip(&inv_std).map(|(s, is)| (s * is * is / per_channel) as f32).collect();
         let mut dx = vec![0f32; p.count() * p.hw];
         // dx in x's storage order (planes as `index` numbers them).
-        crate::par::for_each_chunk(&mut dx, p.hw, |q, out| {
-            let (i, ch) = p.index(q);
+        for_each_plane(&mut dx, &p, p.channel_major, |i, ch, out| {
             let (a, b, m, mg, kk) = (a[ch], b[ch], self.mean[ch] as f32, mean_g[ch], k[ch]);
             for ((o, &v), &g) in out.iter_mut().zip(p.plane(x, i, ch)).zip(dy_plane(i, ch)) {
                 let g = if relu && v * a + b < 0.0 { 0.0 } else { g };

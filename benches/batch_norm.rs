@@ -1,0 +1,37 @@
+//! Batch norm + ReLU, forward and backward (training mode, 1 thread), at
+//! shapes the networks give it at a 64-pixel input and batch 16: large planes
+//! (ResNet50's stem), and GoogLeNet's many small ones, where the cost per plane
+//! rather than per value decides. Throughput counts the input's bytes. The
+//! backward includes candle's own for `sum_all` (a broadcast gradient and the
+//! input's gradient accumulated), the same in every run.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_mpi::models::batch_norm::batch_norm;
+use candle_nn::{VarBuilder, VarMap};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+const SHAPES: [(&str, (usize, usize, usize, usize)); 3] = [
+    ("resnet50_stem_16x64x32x32", (16, 64, 32, 32)),
+    ("googlenet_4e_16x528x4x4", (16, 528, 4, 4)),
+    ("googlenet_5b_16x832x2x2", (16, 832, 2, 2)),
+];
+
+fn bench(c: &mut Criterion) {
+    // As the trainer binary does: freed blocks stay in the heap (src/memory.rs).
+    candle_mpi::memory::keep_freed_memory();
+    candle_mpi::threads::configure(Some(1)).unwrap();
+    let dev = Device::Cpu;
+    for (name, shape) in SHAPES {
+        let varmap = VarMap::new();
+        let bn = batch_norm(shape.1, 1e-3, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, shape, &dev).unwrap()).unwrap();
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Bytes((x.elem_count() * 4) as u64));
+        g.bench_function("forward", |b| b.iter(|| bn.forward_relu_t(x.as_tensor(), true).unwrap()));
+        g.bench_function("forward_backward", |b| b.iter(|| bn.forward_relu_t(x.as_tensor(), true).unwrap().sum_all().unwrap().backward().unwrap()));
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
