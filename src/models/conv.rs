@@ -225,10 +225,11 @@ fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims) -> (Vec<f3
     (y, kept)
 }
 
-/// Gradients from dy (N, OC, OH, OW): (dx, dweight, dbias if asked).
-fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, with_bias: bool, kept: Option<KeptCols>) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+/// Gradients from dy (N, OC, OH, OW): (dx if asked, else empty; dweight;
+/// dbias if asked).
+fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, wanted: Wanted, kept: Option<KeptCols>) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (oc, ohw, ckk, chw) = (d.oc, d.ohw(), d.ckk(), d.c * d.hw());
-    let mut dx = vec![0f32; d.n * chw];
+    let mut dx = vec![0f32; if wanted.dx { d.n * chw } else { 0 }];
     // The weight gradient's GEMM has the pixels as its inner dimension, and
     // both operands hold them contiguous, so the gemm crate gathers one of
     // them element by element into its packed blocks: for a row-major
@@ -271,6 +272,9 @@ fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, with_bias: bool, ke
         } else {
             matmul(&mut dw, ckk, i > 0, dyv, colsv.t()); // dW += dy @ cols^T
         }
+        if !wanted.dx {
+            continue;
+        }
         let dx_group = &mut dx[images.start * chw..images.end * chw];
         if d.pointwise() && images.len() == 1 {
             matmul(dx_group, d.hw(), false, wt, dyv);
@@ -283,7 +287,7 @@ fn backward(x: &[f32], weight: &[f32], dy: &[f32], d: &Dims, with_bias: bool, ke
     if transposed {
         dw = transpose(&dw, ckk, oc);
     }
-    let db = with_bias.then(|| {
+    let db = wanted.db.then(|| {
         let mut db = vec![0f64; oc];
         for (p, plane) in dy.chunks(ohw).enumerate() {
             db[p % oc] += plane.iter().map(|&v| v as f64).sum::<f64>();
@@ -311,6 +315,15 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
+/// Which gradients backward computes besides the weight's.
+#[derive(Clone, Copy, Debug)]
+struct Wanted {
+    /// The input's: not for a network's first layer, whose input is data
+    /// (the input-gradient GEMM and col2im are a third of a layer's work).
+    dx: bool,
+    db: bool,
+}
+
 /// The convolution as one graph node: on (x, weight), or (x, weight, bias).
 struct Conv2dOp {
     g: Geometry,
@@ -318,11 +331,11 @@ struct Conv2dOp {
     kept: Mutex<Option<KeptCols>>,
 }
 
-/// Backward on (x, weight, dy): dx; the weight and bias gradients are left in
-/// `param_grads`.
+/// Backward on (x, weight, dy): dx (empty when not wanted); the weight and
+/// bias gradients are left in `param_grads`.
 struct Conv2dGrad {
     g: Geometry,
-    with_bias: bool,
+    wanted: Wanted,
     kept: Mutex<Option<KeptCols>>,
     param_grads: Arc<Mutex<Option<(Vec<f32>, Option<Vec<f32>>)>>>,
 }
@@ -341,12 +354,14 @@ impl Conv2dOp {
         Ok((CpuStorage::F32(y), Shape::from((d.n, d.oc, d.oh, d.ow))))
     }
 
-    /// (dx, dweight, dbias) as tensors.
-    fn grads(&self, x: &Tensor, weight: &Tensor, dy: &Tensor, with_bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    /// (dx where x is part of the graph, dweight, dbias) as tensors.
+    fn grads(&self, x: &Tensor, weight: &Tensor, dy: &Tensor, with_bias: bool) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
         let param_grads = Arc::new(Mutex::new(None));
         let kept = Mutex::new(self.kept.lock().unwrap().take());
-        let op = Conv2dGrad { g: self.g, with_bias, kept, param_grads: param_grads.clone() };
+        let wanted = Wanted { dx: x.track_op(), db: with_bias };
+        let op = Conv2dGrad { g: self.g, wanted, kept, param_grads: param_grads.clone() };
         let dx = x.apply_op3_no_bwd(weight, &dy.contiguous()?, &op)?;
+        let dx = wanted.dx.then_some(dx);
         let (dw, db) = param_grads.lock().unwrap().take().expect("the gradient op leaves the parameter gradients");
         let dw = Tensor::from_vec(dw, weight.shape(), x.device())?;
         let db = db.map(|db| Tensor::from_vec(db, weight.dim(0)?, x.device())).transpose()?;
@@ -363,7 +378,7 @@ impl CustomOp2 for Conv2dOp {
     }
     fn bwd(&self, x: &Tensor, weight: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = self.grads(x, weight, dy, false)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
@@ -376,7 +391,7 @@ impl CustomOp3 for Conv2dOp {
     }
     fn bwd(&self, x: &Tensor, weight: &Tensor, _bias: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, db) = self.grads(x, weight, dy, true)?;
-        Ok((Some(dx), Some(dw), db))
+        Ok((dx, Some(dw), db))
     }
 }
 
@@ -392,9 +407,10 @@ impl CustomOp3 for Conv2dGrad {
         if dy.len() != d.n * d.oc * d.ohw() {
             candle_core::bail!("conv2d_gemm backward: output gradient of {} values, expected {}", dy.len(), d.n * d.oc * d.ohw());
         }
-        let (dx, dw, db) = backward(x, w, dy, &d, self.with_bias, self.kept.lock().unwrap().take());
+        let (dx, dw, db) = backward(x, w, dy, &d, self.wanted, self.kept.lock().unwrap().take());
         *self.param_grads.lock().unwrap() = Some((dw, db));
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        let shape = if self.wanted.dx { l1.shape().clone() } else { Shape::from(0) };
+        Ok((CpuStorage::F32(dx), shape))
     }
 }
 
@@ -455,6 +471,29 @@ mod tests {
 
     /// col2im is im2col's adjoint: <im2col(x), y> = <x, col2im(y)>, for a
     /// group of images inside a batch.
+    /// A first layer, whose input is data and not part of the graph: no
+    /// input gradient is made, and the weight and bias gradients are the
+    /// ones the same layer gets when its input is a variable.
+    #[test]
+    fn data_input_gets_no_gradient_and_the_same_parameter_gradients() {
+        let dev = Device::Cpu;
+        let (n, c, oc, hw, k) = (2, 3, 4, 11, 3);
+        let data = Tensor::from_vec(pseudo(n * c * hw * hw, 1), (n, c, hw, hw), &dev).unwrap();
+        let as_var = Var::from_tensor(&data).unwrap();
+        let wt = Var::from_vec(pseudo(oc * c * k * k, 2), (oc, c, k, k), &dev).unwrap();
+        let b = Var::from_vec(pseudo(oc, 3), oc, &dev).unwrap();
+        let g = Geometry { kernel: k, stride: 1, padding: 1 };
+        let grads = |x: &Tensor| conv2d_gemm(x, &wt, Some(&b), g).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let (from_data, from_var) = (grads(&data), grads(as_var.as_tensor()));
+        assert!(from_data.get(&data).is_none(), "no gradient for the data");
+        assert!(from_var.get(&as_var).is_some());
+        for (p, what) in [(wt.as_tensor(), "weight"), (b.as_tensor(), "bias")] {
+            let a: Vec<f32> = from_data.get(p).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let e: Vec<f32> = from_var.get(p).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(a, e, "{what} gradient");
+        }
+    }
+
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
         for g in [Geometry { kernel: 3, stride: 2, padding: 1 }, Geometry { kernel: 3, stride: 1, padding: 1 }, Geometry { kernel: 5, stride: 3, padding: 2 }] {
@@ -483,8 +522,8 @@ mod tests {
             let (y, kept) = forward(&x, &w, None, &d);
             assert!(kept.is_some(), "{d:?}: small column matrices are kept");
             let dy = pseudo(y.len(), 3);
-            let with = backward(&x, &w, &dy, &d, true, kept);
-            let without = backward(&x, &w, &dy, &d, true, None);
+            let with = backward(&x, &w, &dy, &d, Wanted { dx: true, db: true }, kept);
+            let without = backward(&x, &w, &dy, &d, Wanted { dx: true, db: true }, None);
             assert_eq!(with, without, "{d:?}");
         }
     }
