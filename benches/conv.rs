@@ -48,6 +48,10 @@ fn conv(c: &mut Criterion) {
             bench.iter(|| x.as_tensor().conv2d(w.as_tensor(), padding, stride, 1, 1).unwrap().sum_all().unwrap().backward().unwrap())
         });
         let geometry = Geometry { kernel: k, stride, padding };
+        // Forward alone: subtracted from forward + backward, it gives the
+        // backward's time (scripts/conv-table.py), whose work is two of the
+        // three GEMM-sized passes.
+        g.bench_function("ours_fwd", |bench| bench.iter(|| conv2d_gemm(x.as_tensor(), w.as_tensor(), None, geometry).unwrap()));
         g.bench_function("ours_fwd_bwd", |bench| {
             bench.iter(|| conv2d_gemm(x.as_tensor(), w.as_tensor(), None, geometry).unwrap().sum_all().unwrap().backward().unwrap())
         });
