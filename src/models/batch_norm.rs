@@ -333,7 +333,7 @@ impl CustomOp3 for BatchNormGrad {
         let mean_g: Vec<f32> = sum_g.iter().map(|s| (s / per_channel) as f32).collect();
         let k: Vec<f32> = sum_gx.iter().zip(&inv_std).map(|(s, is)| (s * is * is / per_channel) as f32).collect();
         let mut dx = vec![0f32; p.count() * p.hw];
-        // dx in x's storage order (planes as `index` numbers them).
+        // dx in x's storage order (channel-major where x is).
         for_each_plane(&mut dx, &p, p.channel_major, |i, ch, out| {
             let (a, b, m, mg, kk) = (a[ch], b[ch], self.mean[ch] as f32, mean_g[ch], k[ch]);
             for ((o, &v), &g) in out.iter_mut().zip(p.plane(x, i, ch)).zip(dy_plane(i, ch)) {

@@ -6,8 +6,8 @@
 //!   y    = W (OC, C*k*k) @ cols       (OC, images*OH*OW)
 //! and backward, with the cols forward kept (up to 16 MiB a layer) or
 //! computed again,
-//!   dW  += dy @ cols^T                (OC, C*k*k)
-//!   dx   = col2im(W^T @ dy)
+//!   dW  += dy @ cols^T                (OC, C*k*k; or as dW^T, see backward)
+//!   dx   = col2im(W^T @ dy)            (not where x is data: a first layer)
 //! GEMMs are the gemm crate's (candle's), called on views (gemm_cpu.rs).
 //! A group is one image where OH*OW alone gives the GEMM enough columns (the
 //! product then lands in the image's (OC, OH, OW) planes as it is, and a 1x1
@@ -469,8 +469,6 @@ mod tests {
         }
     }
 
-    /// col2im is im2col's adjoint: <im2col(x), y> = <x, col2im(y)>, for a
-    /// group of images inside a batch.
     /// A first layer, whose input is data and not part of the graph: no
     /// input gradient is made, and the weight and bias gradients are the
     /// ones the same layer gets when its input is a variable.
@@ -494,6 +492,8 @@ mod tests {
         }
     }
 
+    /// col2im is im2col's adjoint: <im2col(x), y> = <x, col2im(y)>, for a
+    /// group of images inside a batch.
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
         for g in [Geometry { kernel: 3, stride: 2, padding: 1 }, Geometry { kernel: 3, stride: 1, padding: 1 }, Geometry { kernel: 5, stride: 3, padding: 2 }] {
