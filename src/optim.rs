@@ -12,7 +12,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
-use crate::sgd_cpu::{MomentumUpdate, ParameterUpdate};
+use crate::sgd_cpu::{MomentumStep, PlainStep, StepSettings};
 use serde::Serialize;
 
 /// SGD's settings.
@@ -100,21 +100,20 @@ impl Sgd {
     }
 }
 
-/// The same update as `Sgd::step`'s tensor ops, in place on CPU storage (see sgd_cpu.rs).
+/// The same update as `Sgd::step`'s tensor ops, in place on CPU storage in
+/// one pass (see sgd_cpu.rs).
 fn update_in_place(var: &Var, g: &Tensor, buf: &mut Option<Tensor>, lr: f64, m: f64, wd: f64, nesterov: bool) -> candle_core::Result<()> {
     let p = var.as_tensor();
     let (lr, m32, wd) = (lr as f32, m as f32, wd as f32);
     if m == 0.0 {
-        // No momentum: p -= lr * (g + wd * p), the Nesterov form with m = 0.
-        return p.inplace_op3(g, g, &ParameterUpdate { lr, momentum: 0.0, weight_decay: wd, nesterov: true });
+        return p.inplace_op2(g, &PlainStep { lr, weight_decay: wd });
     }
     // The first step's buffer is d itself: m * 0 + d.
-    let b = match buf {
+    let buffer = match buf {
         Some(b) => b.clone(),
         None => buf.insert(p.zeros_like()?).clone(),
     };
-    b.inplace_op3(g, p, &MomentumUpdate { momentum: m32, weight_decay: wd })?;
-    p.inplace_op3(&b, g, &ParameterUpdate { lr, momentum: m32, weight_decay: wd, nesterov })
+    p.inplace_op1(&MomentumStep { grad: g, buffer: &buffer, settings: StepSettings { lr, momentum: m32, weight_decay: wd, nesterov } })
 }
 
 /// How the learning rate changes over training.

@@ -22,6 +22,17 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], len: usize, f: impl Fn(usize, &mut
     }
 }
 
+/// f(index, a_chunk, b_chunk) for the `len`-sized chunks of two buffers of
+/// the same length, taken side by side.
+pub fn for_each_chunk_pair<A: Send, B: Send>(a: &mut [A], b: &mut [B], len: usize, f: impl Fn(usize, &mut [A], &mut [B]) + Sync + Send) {
+    let len = len.max(1);
+    if one_thread() {
+        a.chunks_mut(len).zip(b.chunks_mut(len)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+    } else {
+        a.par_chunks_mut(len).zip(b.par_chunks_mut(len)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+    }
+}
+
 /// [f(0), f(1), ..., f(n - 1)].
 pub fn map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
     if one_thread() {
