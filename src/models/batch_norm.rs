@@ -231,9 +231,9 @@ fn channel_sums<const K: usize>(p: &Planes, per_plane: impl Fn(usize, usize) -> 
 /// GoogLeNet's 2x2 and 4x4 planes, a division per plane cost more than the
 /// plane's arithmetic.
 fn for_each_plane(out: &mut [f32], p: &Planes, channel_major: bool, f: impl Fn(usize, usize, &mut [f32]) + Sync + Send) {
-    let (block, hw) = if channel_major { (p.n * p.hw, p.hw) } else { (p.c * p.hw, p.hw) };
+    let block = if channel_major { p.n } else { p.c } * p.hw;
     crate::par::for_each_chunk(out, block, |outer, planes| {
-        for (inner, plane) in planes.chunks_mut(hw).enumerate() {
+        for (inner, plane) in planes.chunks_mut(p.hw).enumerate() {
             let (i, ch) = if channel_major { (inner, outer) } else { (outer, inner) };
             f(i, ch, plane);
         }
