@@ -6,11 +6,14 @@
 //! input's gradient accumulated), the same in every run.
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_mpi::models::batch_norm::batch_norm;
+use candle_mpi::model::batch_norm::batch_norm;
 use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-const SHAPES: [(&str, (usize, usize, usize, usize)); 3] = [
+/// (N, C, H, W) of an activation.
+type Dims4 = (usize, usize, usize, usize);
+
+const SHAPES: [(&str, Dims4); 3] = [
     ("resnet50_stem_16x64x32x32", (16, 64, 32, 32)),
     ("googlenet_4e_16x528x4x4", (16, 528, 4, 4)),
     ("googlenet_5b_16x832x2x2", (16, 832, 2, 2)),
@@ -18,8 +21,8 @@ const SHAPES: [(&str, (usize, usize, usize, usize)); 3] = [
 
 fn bench(c: &mut Criterion) {
     // As the trainer binary does: freed blocks stay in the heap (src/memory.rs).
-    candle_mpi::memory::keep_freed_memory();
-    candle_mpi::threads::configure(Some(1)).unwrap();
+    candle_mpi::host::memory::keep_freed_memory();
+    candle_mpi::host::threads::configure(Some(1)).unwrap();
     let dev = Device::Cpu;
     for (name, shape) in SHAPES {
         let varmap = VarMap::new();
@@ -28,7 +31,9 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Bytes((x.elem_count() * 4) as u64));
         g.bench_function("forward", |b| b.iter(|| bn.forward_relu_t(x.as_tensor(), true).unwrap()));
-        g.bench_function("forward_backward", |b| b.iter(|| bn.forward_relu_t(x.as_tensor(), true).unwrap().sum_all().unwrap().backward().unwrap()));
+        g.bench_function("forward_backward", |b| {
+            b.iter(|| bn.forward_relu_t(x.as_tensor(), true).unwrap().sum_all().unwrap().backward().unwrap())
+        });
         g.finish();
     }
 }

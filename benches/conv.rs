@@ -7,7 +7,7 @@
 //! of a 3x3 layer at 64 channels.
 
 use candle_core::{Device, Tensor, Var};
-use candle_mpi::models::conv::{conv2d_gemm, Geometry};
+use candle_mpi::ops::conv::{conv2d_gemm, Geometry};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// One layer: (name, batch, in channels, out channels, input side, kernel, stride, padding).
@@ -24,8 +24,8 @@ const LAYERS: [Layer; 6] = [
 
 fn conv(c: &mut Criterion) {
     // As the trainer binary does: freed blocks stay in the heap (src/memory.rs).
-    candle_mpi::memory::keep_freed_memory();
-    candle_mpi::threads::configure(Some(1)).unwrap();
+    candle_mpi::host::memory::keep_freed_memory();
+    candle_mpi::host::threads::configure(Some(1)).unwrap();
     let dev = Device::Cpu;
 
     let mut g = c.benchmark_group("gemm_ceiling");
@@ -45,15 +45,32 @@ fn conv(c: &mut Criterion) {
         g.throughput(Throughput::Elements(flops));
         g.sample_size(10);
         g.bench_function("candle_fwd_bwd", |bench| {
-            bench.iter(|| x.as_tensor().conv2d(w.as_tensor(), padding, stride, 1, 1).unwrap().sum_all().unwrap().backward().unwrap())
+            bench.iter(|| {
+                x.as_tensor()
+                    .conv2d(w.as_tensor(), padding, stride, 1, 1)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            })
         });
         let geometry = Geometry { kernel: k, stride, padding };
         // Forward alone: subtracted from forward + backward, it gives the
         // backward's time (scripts/conv-table.py), whose work is two of the
         // three GEMM-sized passes.
-        g.bench_function("ours_fwd", |bench| bench.iter(|| conv2d_gemm(x.as_tensor(), w.as_tensor(), None, geometry).unwrap()));
+        g.bench_function("ours_fwd", |bench| {
+            bench.iter(|| conv2d_gemm(x.as_tensor(), w.as_tensor(), None, geometry).unwrap())
+        });
         g.bench_function("ours_fwd_bwd", |bench| {
-            bench.iter(|| conv2d_gemm(x.as_tensor(), w.as_tensor(), None, geometry).unwrap().sum_all().unwrap().backward().unwrap())
+            bench.iter(|| {
+                conv2d_gemm(x.as_tensor(), w.as_tensor(), None, geometry)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            })
         });
         g.finish();
     }

@@ -21,8 +21,12 @@ fn bucket(c: &mut Criterion) {
     g.bench_function("memcpy_f32", |bench| bench.iter(|| f32_dst.copy_from_slice(std::hint::black_box(&src))));
     g.bench_function("pack_f16_scaled", |bench| bench.iter(|| pack_scaled(std::hint::black_box(&src), 0.5, &mut h)));
     g.bench_function("unpack_f16", |bench| bench.iter(|| unpack(std::hint::black_box(&h), &mut f32_dst)));
-    g.bench_function("unpack_f16_counting_nonfinite", |bench| bench.iter(|| f16::unpack_counting(std::hint::black_box(&h), &mut f32_dst)));
-    g.bench_function("has_nonfinite_f16", |bench| bench.iter(|| candle_mpi::comm::WireElem::has_nonfinite(std::hint::black_box(&h[..]))));
+    g.bench_function("unpack_f16_counting_nonfinite", |bench| {
+        bench.iter(|| f16::unpack_counting(std::hint::black_box(&h), &mut f32_dst))
+    });
+    g.bench_function("has_nonfinite_f16", |bench| {
+        bench.iter(|| candle_mpi::comm::WireElem::has_nonfinite(std::hint::black_box(&h[..])))
+    });
     g.bench_function("pack_bf16_scaled", |bench| bench.iter(|| pack_scaled(std::hint::black_box(&src), 0.5, &mut b)));
     g.bench_function("unpack_bf16", |bench| bench.iter(|| unpack(std::hint::black_box(&b), &mut f32_dst)));
     g.finish();

@@ -3,18 +3,20 @@
 //! for what a memory-bound pass over the same tensor costs on this machine.
 
 use candle_core::{Device, Tensor, Var};
-use candle_mpi::models::pool::{max_pool2d, Pool2d};
+use candle_mpi::ops::pool::{max_pool2d, Pool2d};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn pooling(c: &mut Criterion) {
-    candle_mpi::threads::configure(Some(1)).unwrap();
+    candle_mpi::host::threads::configure(Some(1)).unwrap();
     let dev = Device::Cpu;
     // ResNet50's stem output at 64-pixel input, batch 16: (16, 64, 32, 32).
     let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (16, 64, 32, 32), &dev).unwrap()).unwrap();
     let bytes = (x.elem_count() * 4) as u64;
     let mut g = c.benchmark_group("maxpool_16x64x32x32");
     g.throughput(Throughput::Bytes(bytes));
-    g.bench_function("ours_3x3s2p1_forward", |b| b.iter(|| max_pool2d(x.as_tensor(), Pool2d::new(3, 2).padding(1)).unwrap()));
+    g.bench_function("ours_3x3s2p1_forward", |b| {
+        b.iter(|| max_pool2d(x.as_tensor(), Pool2d::new(3, 2).padding(1)).unwrap())
+    });
     g.bench_function("ours_3x3s2p1_forward_backward", |b| {
         b.iter(|| {
             let y = max_pool2d(x.as_tensor(), Pool2d::new(3, 2).padding(1)).unwrap();

@@ -15,7 +15,24 @@ fn temp_json(tag: &str) -> std::path::PathBuf {
 
 fn sweep(np: usize, dtype: &str, extra: &[&str]) -> (common::Run, Vec<serde_json::Value>) {
     let json = temp_json(&format!("{np}-{dtype}"));
-    let mut args = vec!["allreduce", "--min-bytes", "1K", "--max-bytes", "256K", "--factor", "4", "--dtype", dtype, "--iters", "3", "--warmup", "1", "--check", "--json", json.to_str().unwrap()];
+    let mut args = vec![
+        "allreduce",
+        "--min-bytes",
+        "1K",
+        "--max-bytes",
+        "256K",
+        "--factor",
+        "4",
+        "--dtype",
+        dtype,
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--check",
+        "--json",
+        json.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let run = common::mpirun(np, BIN, &args, TIMEOUT);
     common::assert_ok(&run, &format!("allreduce -np {np} --dtype {dtype}"));
@@ -30,7 +47,8 @@ fn check_rows(rows: &[serde_json::Value], np: usize, elem_bytes: u64) {
         assert_eq!(r["wrong"], 0, "{r}");
         assert_eq!(r["ranks"], np as u64);
         assert_eq!(r["count"].as_u64().unwrap() * elem_bytes, r["bytes"].as_u64().unwrap());
-        let (alg, bus, t) = (r["algbw_gbs"].as_f64().unwrap(), r["busbw_gbs"].as_f64().unwrap(), r["time_us"].as_f64().unwrap());
+        let (alg, bus, t) =
+            (r["algbw_gbs"].as_f64().unwrap(), r["busbw_gbs"].as_f64().unwrap(), r["time_us"].as_f64().unwrap());
         assert!(t > 0.0);
         assert!((alg - r["bytes"].as_f64().unwrap() / (t * 1e-6) / 1e9).abs() < 1e-6 * alg.max(1.0));
         assert!((bus - alg * 2.0 * (np as f64 - 1.0) / np as f64).abs() < 1e-9 * bus.max(1.0));
@@ -42,9 +60,17 @@ fn f16_on_2_ranks_checks_and_reports_bandwidth() {
     let (run, rows) = sweep(2, "f16", &["--baseline"]);
     check_rows(&rows, 2, 2);
     for r in &rows {
-        assert!(r["exchange_us"].as_f64().unwrap() > 0.0 && r["mpi_f32_us"].as_f64().unwrap() > 0.0 && r["memcpy_us"].as_f64().is_some());
+        assert!(
+            r["exchange_us"].as_f64().unwrap() > 0.0
+                && r["mpi_f32_us"].as_f64().unwrap() > 0.0
+                && r["memcpy_us"].as_f64().is_some()
+        );
     }
-    assert!(run.output.contains("busbw") && run.output.contains("Avg bus bandwidth") && run.output.contains("exch/f32"), "{}", run.output);
+    assert!(
+        run.output.contains("busbw") && run.output.contains("Avg bus bandwidth") && run.output.contains("exch/f32"),
+        "{}",
+        run.output
+    );
 }
 
 #[test]
@@ -62,7 +88,8 @@ fn refuses_nccl_without_cuda_and_bad_sizes() {
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("--backend nccl") && e.contains("--backend mpi"), "{e}");
-    let o = std::process::Command::new(BIN).args(["allreduce", "--min-bytes", "1M", "--max-bytes", "1K"]).output().unwrap();
+    let o =
+        std::process::Command::new(BIN).args(["allreduce", "--min-bytes", "1M", "--max-bytes", "1K"]).output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--max-bytes 1024 is below --min-bytes 1048576"));
     let o = std::process::Command::new(BIN).args(["allreduce", "--min-bytes", "12Q"]).output().unwrap();

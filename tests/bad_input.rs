@@ -44,7 +44,19 @@ fn zero_or_negative_batch() {
 #[test]
 fn global_batch_not_divisible() {
     // One process: any G divides; the 2-rank case is in train_digits.rs. Bench checks every count up front.
-    let e = refused(&["bench", "--models", "small", "--mode", "strong", "--global-batch", "6", "--workers", "1,4", "--out", "/tmp/never"]);
+    let e = refused(&[
+        "bench",
+        "--models",
+        "small",
+        "--mode",
+        "strong",
+        "--global-batch",
+        "6",
+        "--workers",
+        "1,4",
+        "--out",
+        "/tmp/never",
+    ]);
     assert!(e.contains("--global-batch 6 does not divide by 4 workers"), "{e}");
 }
 
@@ -71,7 +83,11 @@ fn truncated_idx_file() {
             std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
         }
     }
-    let images = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().contains("train-images")).unwrap();
+    let images = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("train-images"))
+        .unwrap();
     let bytes = std::fs::read(&images).unwrap();
     std::fs::write(&images, &bytes[..bytes.len() / 2]).unwrap();
     let spec = format!("mnist:{}", dir.display());
@@ -108,7 +124,8 @@ fn unwritable_out() {
 #[test]
 fn bench_without_mpirun_on_path() {
     let out = scratch("nompi");
-    let e = refused_with_env(&["bench", "--models", "small", "--out", out.to_str().unwrap()], &[("PATH", "/nonexistent")]);
+    let e =
+        refused_with_env(&["bench", "--models", "small", "--out", out.to_str().unwrap()], &[("PATH", "/nonexistent")]);
     assert!(e.contains("`mpirun` is not on PATH") && e.contains("scripts/setup.sh"), "{e}");
     assert!(!out.exists(), "nothing written");
 }

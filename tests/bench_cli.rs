@@ -29,8 +29,27 @@ fn text(o: &Output) -> String {
 }
 
 fn sweep_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["bench", "--models", "small", "--workers", "1,2", "--image-size", "8", "--classes", "10", "--batch-size", "4",
-        "--steps", "1", "--warmup", "1", "--repeat", "1", "--out", out];
+    let mut a = vec![
+        "bench",
+        "--models",
+        "small",
+        "--workers",
+        "1,2",
+        "--image-size",
+        "8",
+        "--classes",
+        "10",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--repeat",
+        "1",
+        "--out",
+        out,
+    ];
     a.extend_from_slice(extra);
     a
 }
@@ -55,7 +74,16 @@ fn sweep_then_report_then_resume() {
 
     let report = candle(&["report", o, "--reference", "theano-mpi"]);
     assert!(report.status.success(), "{}", text(&report));
-    for f in ["report.md", "runs.csv", "speedup.svg", "speedup.png", "breakdown.svg", "breakdown.png", "efficiency.svg", "efficiency.png"] {
+    for f in [
+        "report.md",
+        "runs.csv",
+        "speedup.svg",
+        "speedup.png",
+        "breakdown.svg",
+        "breakdown.png",
+        "efficiency.svg",
+        "efficiency.png",
+    ] {
         let len = std::fs::metadata(out.join(f)).map(|m| m.len()).unwrap_or(0);
         assert!(len > 100, "{f}: {len} bytes");
     }
@@ -67,7 +95,11 @@ fn sweep_then_report_then_resume() {
     std::fs::remove_dir_all(out.join("runs/small-weak-n2-r0")).unwrap();
     let again = candle(&sweep_args(o, &[]));
     assert!(again.status.success(), "{}", text(&again));
-    assert!(text(&again).contains("2 already recorded, 1 to run") && text(&again).contains("small-weak-n2-r0"), "{}", text(&again));
+    assert!(
+        text(&again).contains("2 already recorded, 1 to run") && text(&again).contains("small-weak-n2-r0"),
+        "{}",
+        text(&again)
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }
 
@@ -78,8 +110,30 @@ fn a_failing_run_is_recorded_and_the_sweep_goes_on() {
     let out = dir("fail");
     let o = out.to_str().unwrap();
     let digits = format!("mnist:{}/tests/data/digits", env!("CARGO_MANIFEST_DIR"));
-    let args = ["bench", "--models", "small", "--workers", "2,1", "--image-size", "8", "--classes", "10", "--batch-size", "1000",
-        "--steps", "1", "--warmup", "1", "--repeat", "1", "--no-ceiling", "--data", &digits, "--out", o];
+    let args = [
+        "bench",
+        "--models",
+        "small",
+        "--workers",
+        "2,1",
+        "--image-size",
+        "8",
+        "--classes",
+        "10",
+        "--batch-size",
+        "1000",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--repeat",
+        "1",
+        "--no-ceiling",
+        "--data",
+        &digits,
+        "--out",
+        o,
+    ];
     let run = candle(&args);
     assert!(!run.status.success(), "a failed run makes the sweep's exit non-zero");
     let t = text(&run);

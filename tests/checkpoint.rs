@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use candle_mpi::checkpoint;
+use candle_mpi::train::checkpoint;
 
 const BIN: &str = env!("CARGO_BIN_EXE_candle-mpi");
 
@@ -18,8 +18,27 @@ fn dir(tag: &str) -> PathBuf {
 }
 
 fn args<'a>(ckpt: &'a str, steps: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["train", "--model", "small", "--image-size", "8", "--batch-size", "8", "--synthetic-size", "64", "--threads", "1",
-        "--lr", "0.05", "--steps", steps, "--log-every", "100", "--checkpoint-dir", ckpt];
+    let mut a = vec![
+        "train",
+        "--model",
+        "small",
+        "--image-size",
+        "8",
+        "--batch-size",
+        "8",
+        "--synthetic-size",
+        "64",
+        "--threads",
+        "1",
+        "--lr",
+        "0.05",
+        "--steps",
+        steps,
+        "--log-every",
+        "100",
+        "--checkpoint-dir",
+        ckpt,
+    ];
     a.extend_from_slice(extra);
     a
 }
@@ -54,7 +73,8 @@ fn stop_and_resume_matches_unbroken(np: usize) {
     common::assert_ok(&run(np, &args(p, "8", &["--checkpoint-every", "4"])), "first half");
     let meta = checkpoint::load(&split.join(checkpoint::FILE_NAME)).unwrap().meta;
     assert_eq!(meta.step, 8);
-    let config: serde_json::Value = serde_json::from_str(&meta.config.expect("the run's config is in the metadata")).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&meta.config.expect("the run's config is in the metadata")).unwrap();
     assert_eq!((config["model"].as_str(), config["batch_size"].as_u64()), (Some("small"), Some(8)));
     let resumed = run(np, &args(p, "12", &["--resume"]));
     common::assert_ok(&resumed, "resumed run");
@@ -90,7 +110,13 @@ fn bad_checkpoints_are_refused_and_left_alone() {
 
     common::assert_ok(&run(1, &args(p, "4", &[])), "a run to make a checkpoint");
     let other = run(1, &args(p, "8", &["--resume", "--classes", "7"]));
-    assert!(!other.success && other.output.contains("holds small with 10 classes") && other.output.contains("this run is small with 7 classes"), "{}", other.output);
+    assert!(
+        !other.success
+            && other.output.contains("holds small with 10 classes")
+            && other.output.contains("this run is small with 7 classes"),
+        "{}",
+        other.output
+    );
 
     let file = d.join(checkpoint::FILE_NAME);
     let bytes = std::fs::read(&file).unwrap();
@@ -100,6 +126,10 @@ fn bad_checkpoints_are_refused_and_left_alone() {
     assert_eq!(std::fs::read(&file).unwrap().len(), bytes.len() / 2, "a refused checkpoint is not overwritten");
 
     let two = run(2, &args(p, "8", &["--resume"]));
-    assert!(!two.success && two.output.contains("damaged or not a checkpoint"), "rank 0's failure stops both ranks:\n{}", two.output);
+    assert!(
+        !two.success && two.output.contains("damaged or not a checkpoint"),
+        "rank 0's failure stops both ranks:\n{}",
+        two.output
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
-use candle_mpi::comm::{Collective, MpiCollective, Transport, WireElem, World};
-use candle_mpi::exchange::{GradDtype, GradExchange, WireBucket};
+use candle_mpi::comm::{Comm, GradDtype, Reduce, Transport, WireElem, World};
+use candle_mpi::exchange::{GradExchange, WireBucket};
 use candle_mpi::rng::Rng;
 use half::{bf16, f16};
 
@@ -69,7 +69,7 @@ fn hash_bits(bits: impl Iterator<Item = u32>) -> u64 {
 }
 
 /// Sums through a wire bucket of `dtype` (both transports go through the same API).
-fn reduce_values(comm: &MpiCollective, dtype: GradDtype, transport: Transport, values: &[f32]) -> Vec<f32> {
+fn reduce_values(comm: &Comm, dtype: GradDtype, transport: Transport, values: &[f32]) -> Vec<f32> {
     let mut bucket = WireBucket::allocate(comm, dtype, &[values.len()], transport).unwrap().remove(0);
     if transport == Transport::Auto && comm.info().size > 1 {
         assert!(bucket.is_shared(), "one host, auto transport: the bucket should be in shared memory");
@@ -92,7 +92,7 @@ fn rounded<T: WireElem>(v: &[f32]) -> Vec<f32> {
     back
 }
 
-fn check_type<T: WireElem>(comm: &MpiCollective, dtype: GradDtype, transport: Transport, rel_tol: f64) {
+fn check_type<T: WireElem>(comm: &Comm, dtype: GradDtype, transport: Transport, rel_tol: f64) {
     let (me, n) = (comm.info().rank, comm.info().size);
     let what = format!("{} over {transport:?}", T::NAME);
     for len in [0usize, 1, 7, 1_000_003] {
@@ -116,7 +116,7 @@ fn check_type<T: WireElem>(comm: &MpiCollective, dtype: GradDtype, transport: Tr
             assert!(err <= w.abs() * rel_tol + 1e-6, "{what} len {len}: element {i} is {g}, f64 sum {w}");
         }
         let h = hash_bits(got.iter().map(|v| v.to_bits()));
-        let all = comm.all_gather_u64(h).unwrap();
+        let all = comm.control().all_gather_u64(h).unwrap();
         assert!(all.iter().all(|x| *x == h), "{what} len {len}: ranks hold different results");
     }
 }
@@ -124,7 +124,7 @@ fn check_type<T: WireElem>(comm: &MpiCollective, dtype: GradDtype, transport: Tr
 #[test]
 #[ignore = "runs under mpirun, launched by the tests above"]
 fn worker_sums() {
-    let comm = MpiCollective::new(World::init().unwrap());
+    let comm = Comm::mpi(World::init().unwrap());
     for transport in [Transport::Auto, Transport::Messages] {
         // One rounding of the result: half an ulp of f16 (2^-11), bf16 (2^-8), f32 (2^-24).
         check_type::<f16>(&comm, GradDtype::F16, transport, 2f64.powi(-11));
@@ -134,21 +134,22 @@ fn worker_sums() {
     // The collective itself, on a plain buffer.
     let me = comm.info().rank;
     let mut v = vec![f16::from_f32(1.0); 5];
-    comm.all_reduce_sum(f16::wire(&mut v)).unwrap();
+    comm.messages().all_reduce_sum(f16::wire(&mut v)).unwrap();
     assert!(v.iter().all(|x| x.to_f32() == comm.info().size as f32));
     // Broadcast and all-gather.
     let mut v: Vec<f32> = (0..5).map(|i| (i + 10 * me) as f32).collect();
-    comm.broadcast_f32(&mut v, 1).unwrap();
+    comm.control().broadcast_f32(&mut v, 1).unwrap();
     assert_eq!(v, vec![10.0, 11.0, 12.0, 13.0, 14.0]);
-    let ranks = comm.all_gather_f64(me as f64).unwrap();
+    let ranks = comm.control().all_gather_f64(me as f64).unwrap();
     assert_eq!(ranks, (0..comm.info().size).map(|r| r as f64).collect::<Vec<_>>());
-    comm.barrier().unwrap();
+    comm.control().barrier().unwrap();
     common::mark_done(me);
 }
 
 /// Parameters registered in a rank-dependent order; gradients that differ per rank.
 fn params_for_rank(me: usize) -> Vec<(String, Var)> {
-    let shapes: [(&str, &[usize]); 4] = [("a.weight", &[3]), ("b.weight", &[7]), ("c.bias", &[2, 2]), ("d.weight", &[5])];
+    let shapes: [(&str, &[usize]); 4] =
+        [("a.weight", &[3]), ("b.weight", &[7]), ("c.bias", &[2, 2]), ("d.weight", &[5])];
     let mut order: Vec<usize> = (0..shapes.len()).collect();
     order.rotate_left(me % shapes.len());
     if me % 2 == 1 {
@@ -181,7 +182,7 @@ fn grads_for(params: &[(String, Var)], me: usize) -> GradStore {
 #[test]
 #[ignore = "runs under mpirun, launched by the tests above"]
 fn worker_exchange() {
-    let comm = MpiCollective::new(World::init().unwrap());
+    let comm = Comm::mpi(World::init().unwrap());
     let (me, n) = (comm.info().rank, comm.info().size);
     let params = params_for_rank(me);
     // Buckets of 4 elements: boundaries fall inside a.weight/b.weight and between tensors.
@@ -202,7 +203,10 @@ fn worker_exchange() {
                 let got: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
                 for (i, g) in got.iter().enumerate() {
                     let mean = (0..n).map(|r| grad_value(r, name, i) as f64).sum::<f64>() / n as f64;
-                    assert!((*g as f64 - mean).abs() <= mean.abs() * tol + 1e-3 * tol, "{dtype:?} bucket {bucket_bytes} B: {name}[{i}] = {g}, mean {mean}");
+                    assert!(
+                        (*g as f64 - mean).abs() <= mean.abs() * tol + 1e-3 * tol,
+                        "{dtype:?} bucket {bucket_bytes} B: {name}[{i}] = {g}, mean {mean}"
+                    );
                 }
             }
         }
@@ -214,7 +218,8 @@ fn worker_exchange() {
         for step in 0..6 {
             let mut grads = GradStore::default();
             for (name, var) in &params {
-                let v: Vec<f32> = (0..var.elem_count()).map(|i| grad_value(me, name, i) + (step * 100) as f32).collect();
+                let v: Vec<f32> =
+                    (0..var.elem_count()).map(|i| grad_value(me, name, i) + (step * 100) as f32).collect();
                 grads.insert(var.as_tensor(), Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap());
             }
             if me == 0 && step % 2 == 1 {
@@ -224,8 +229,12 @@ fn worker_exchange() {
             for (name, var) in &params {
                 let got: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
                 for (i, g) in got.iter().enumerate() {
-                    let mean = (0..n).map(|r| grad_value(r, name, i) as f64).sum::<f64>() / n as f64 + (step * 100) as f64;
-                    assert!((*g as f64 - mean).abs() < 1e-3, "{transport:?} step {step}: {name}[{i}] = {g}, mean {mean}");
+                    let mean =
+                        (0..n).map(|r| grad_value(r, name, i) as f64).sum::<f64>() / n as f64 + (step * 100) as f64;
+                    assert!(
+                        (*g as f64 - mean).abs() < 1e-3,
+                        "{transport:?} step {step}: {name}[{i}] = {g}, mean {mean}"
+                    );
                 }
             }
         }
@@ -239,7 +248,7 @@ fn worker_exchange() {
 #[test]
 #[ignore = "runs under mpirun, launched by the tests above"]
 fn worker_nonfinite() {
-    let comm = MpiCollective::new(World::init().unwrap());
+    let comm = Comm::mpi(World::init().unwrap());
     let me = comm.info().rank;
     let params = params_for_rank(me);
     for transport in [Transport::Auto, Transport::Messages] {
@@ -248,7 +257,7 @@ fn worker_nonfinite() {
     common::mark_done(me);
 }
 
-fn nonfinite_with(comm: &MpiCollective, params: &[(String, Var)], transport: Transport) {
+fn nonfinite_with(comm: &Comm, params: &[(String, Var)], transport: Transport) {
     let (me, n) = (comm.info().rank, comm.info().size);
     let mut ex = GradExchange::new(params, 4 * 2, GradDtype::F16, comm, transport).unwrap();
     let mut grads = grads_for(params, me);
@@ -264,7 +273,12 @@ fn nonfinite_with(comm: &MpiCollective, params: &[(String, Var)], transport: Tra
         .map(|(_, v)| grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
         .collect();
     let report = ex.exchange(&mut grads, comm).unwrap();
-    assert!(report.skipped(), "rank {me}: the overflow on rank {} was not seen ({transport:?}): {report:?}, shared {}", n - 1, ex.is_shared());
+    assert!(
+        report.skipped(),
+        "rank {me}: the overflow on rank {} was not seen ({transport:?}): {report:?}, shared {}",
+        n - 1,
+        ex.is_shared()
+    );
     assert_eq!(report.nonfinite, 1);
     // Nothing was replaced.
     for ((_, v), b) in params.iter().zip(&before) {

@@ -21,7 +21,14 @@ fn cifar_dir(tag: &str, per_file: usize) -> PathBuf {
     let d = std::env::temp_dir().join(format!("candle-mpi-cifar-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    let names = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"];
+    let names = [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ];
     for (f, name) in names.iter().enumerate() {
         let bytes: Vec<u8> = (0..per_file).flat_map(|i| record(((i + f) % 10) as u8)).collect();
         std::fs::write(d.join(name), bytes).unwrap();

@@ -20,7 +20,11 @@ fn write_image(path: &Path, class: usize, i: usize) {
         state ^= state >> 7;
         state ^= state << 17;
         let noise = (state % 96) as u8;
-        if class == 0 { image::Rgb([140 + noise, 40 + noise, 40]) } else { image::Rgb([40, 40 + noise, 140 + noise]) }
+        if class == 0 {
+            image::Rgb([140 + noise, 40 + noise, 40])
+        } else {
+            image::Rgb([40, 40 + noise, 140 + noise])
+        }
     });
     img.save(path).unwrap();
 }
@@ -42,8 +46,29 @@ fn image_tree(tag: &str) -> PathBuf {
 }
 
 fn args<'a>(spec: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec!["train", "--model", "small", "--data", spec, "--classes", "2", "--image-size", "16", "--batch-size", "8", "--epochs", "4",
-        "--lr", "0.05", "--threads", "1", "--log-every", "100", "--out", out]
+    vec![
+        "train",
+        "--model",
+        "small",
+        "--data",
+        spec,
+        "--classes",
+        "2",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "4",
+        "--lr",
+        "0.05",
+        "--threads",
+        "1",
+        "--log-every",
+        "100",
+        "--out",
+        out,
+    ]
 }
 
 fn summary(out: &Path) -> serde_json::Value {
@@ -82,14 +107,41 @@ fn bad_folders_are_refused() {
         assert!(!o.status.success(), "{a:?} should fail");
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
-    let e = refused(&["train", "--model", "small", "--data", &spec, "--classes", "1", "--image-size", "16", "--steps", "1"]);
+    let e = refused(&[
+        "train",
+        "--model",
+        "small",
+        "--data",
+        &spec,
+        "--classes",
+        "1",
+        "--image-size",
+        "16",
+        "--steps",
+        "1",
+    ]);
     assert!(e.contains("2 class folders but --classes 1"), "{e}");
-    let e = refused(&["train", "--model", "small", "--data", "folder:/no/such/dir", "--image-size", "16", "--steps", "1"]);
+    let e =
+        refused(&["train", "--model", "small", "--data", "folder:/no/such/dir", "--image-size", "16", "--steps", "1"]);
     assert!(e.contains("folder:/no/such/dir: no such directory"), "{e}");
     // A file that is not the image its name says: the run stops and names it.
     let broken = root.join("train").join("red").join("train-0.png");
     std::fs::write(&broken, b"not a png").unwrap();
-    let e = refused(&["train", "--model", "small", "--data", &spec, "--classes", "2", "--image-size", "16", "--batch-size", "64", "--steps", "1"]);
+    let e = refused(&[
+        "train",
+        "--model",
+        "small",
+        "--data",
+        &spec,
+        "--classes",
+        "2",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "64",
+        "--steps",
+        "1",
+    ]);
     assert!(e.contains("cannot decode") && e.contains("train-0.png"), "{e}");
     std::fs::remove_dir_all(&root).unwrap();
 }

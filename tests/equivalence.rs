@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use candle_mpi::checkpoint;
+use candle_mpi::train::checkpoint;
 
 const BIN: &str = env!("CARGO_BIN_EXE_candle-mpi");
 
@@ -25,9 +25,35 @@ fn dir(tag: &str) -> PathBuf {
 fn train(np: usize, grad_dtype: &str) -> Vec<(String, Vec<f32>)> {
     let ckpt = dir(&format!("{np}-{grad_dtype}"));
     let args = [
-        "train", "--model", "alexnet", "--image-size", "32", "--classes", "10", "--dropout", "0", "--data", "synthetic",
-        "--synthetic-size", "60", "--global-batch", "6", "--steps", "10", "--lr", "0.01", "--seed", "11", "--grad-dtype", grad_dtype,
-        "--threads", "1", "--log-every", "100", "--checkpoint-dir", ckpt.to_str().unwrap(),
+        "train",
+        "--model",
+        "alexnet",
+        "--image-size",
+        "32",
+        "--classes",
+        "10",
+        "--dropout",
+        "0",
+        "--data",
+        "synthetic",
+        "--synthetic-size",
+        "60",
+        "--global-batch",
+        "6",
+        "--steps",
+        "10",
+        "--lr",
+        "0.01",
+        "--seed",
+        "11",
+        "--grad-dtype",
+        grad_dtype,
+        "--threads",
+        "1",
+        "--log-every",
+        "100",
+        "--checkpoint-dir",
+        ckpt.to_str().unwrap(),
     ];
     let run = if np == 1 {
         let mut cmd = Command::new(BIN);
@@ -75,8 +101,31 @@ fn n_ranks_with_batch_b_equal_one_rank_with_batch_nb() {
     let start = {
         // The parameters must have moved, or equality would prove nothing.
         let ckpt = dir("start");
-        let args = ["train", "--model", "alexnet", "--image-size", "32", "--classes", "10", "--dropout", "0", "--synthetic-size", "60",
-            "--global-batch", "6", "--steps", "1", "--lr", "1e-30", "--seed", "11", "--threads", "1", "--checkpoint-dir", ckpt.to_str().unwrap()];
+        let args = [
+            "train",
+            "--model",
+            "alexnet",
+            "--image-size",
+            "32",
+            "--classes",
+            "10",
+            "--dropout",
+            "0",
+            "--synthetic-size",
+            "60",
+            "--global-batch",
+            "6",
+            "--steps",
+            "1",
+            "--lr",
+            "1e-30",
+            "--seed",
+            "11",
+            "--threads",
+            "1",
+            "--checkpoint-dir",
+            ckpt.to_str().unwrap(),
+        ];
         assert!(Command::new(BIN).args(args).output().unwrap().status.success());
         let p = load(&ckpt.join(checkpoint::FILE_NAME));
         std::fs::remove_dir_all(&ckpt).unwrap();
@@ -85,13 +134,18 @@ fn n_ranks_with_batch_b_equal_one_rank_with_batch_nb() {
     let (moved, _, _) = relative_difference(&reference, &start);
     assert!(moved > 1e-4, "10 steps moved the parameters by only {moved:e}");
     let update = |p: &[(String, Vec<f32>)]| -> Vec<(String, Vec<f32>)> {
-        p.iter().zip(&start).map(|((n, v), (_, s))| (n.clone(), v.iter().zip(s).map(|(a, b)| a - b).collect())).collect()
+        p.iter()
+            .zip(&start)
+            .map(|((n, v), (_, s))| (n.clone(), v.iter().zip(s).map(|(a, b)| a - b).collect()))
+            .collect()
     };
     let reference_update = update(&reference);
 
     // Tolerances on the parameters (the issue's), and on the 10 steps' update
     // itself, which is far stricter: the update is ~1e-3 of the parameters.
-    for (np, dtype, tolerance, update_tolerance) in [(2, "f32", 1e-5, 1e-4), (3, "f32", 1e-5, 1e-4), (2, "f16", 1e-2, 1e-2), (3, "f16", 1e-2, 1e-2)] {
+    for (np, dtype, tolerance, update_tolerance) in
+        [(2, "f32", 1e-5, 1e-4), (3, "f32", 1e-5, 1e-4), (2, "f16", 1e-2, 1e-2), (3, "f16", 1e-2, 1e-2)]
+    {
         let params = train(np, dtype);
         let (rel, worst, worst_rel) = relative_difference(&reference, &params);
         let (rel_update, worst_u, worst_u_rel) = relative_difference(&reference_update, &update(&params));
@@ -99,7 +153,10 @@ fn n_ranks_with_batch_b_equal_one_rank_with_batch_nb() {
             "{np} ranks, {dtype}: parameters differ by {rel:.3e} relative (worst {worst}: {worst_rel:.3e}); \
              the update by {rel_update:.3e} (worst {worst_u}: {worst_u_rel:.3e}); the update is {moved:.3e} of the parameters"
         );
-        assert!(rel <= tolerance, "{np} ranks with {dtype} gradients: parameters differ from 1 rank's by {rel:e} > {tolerance:e}");
+        assert!(
+            rel <= tolerance,
+            "{np} ranks with {dtype} gradients: parameters differ from 1 rank's by {rel:e} > {tolerance:e}"
+        );
         assert!(rel_update <= update_tolerance, "{np} ranks with {dtype} gradients: the update differs from 1 rank's by {rel_update:e} > {update_tolerance:e}");
     }
 }

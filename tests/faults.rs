@@ -5,22 +5,37 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use candle_mpi::checkpoint;
+use candle_mpi::train::checkpoint;
 
 const BIN: &str = env!("CARGO_BIN_EXE_candle-mpi");
 
 /// A small run of 2 ranks; `marker` goes into --synthetic-size so that
 /// leftover processes can be searched for afterwards.
 fn args(marker: &str, steps: &str, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["train", "--model", "small", "--image-size", "8", "--batch-size", "4", "--steps", steps, "--threads", "1",
-        "--log-every", "1000", "--synthetic-size", marker]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut a: Vec<String> = [
+        "train",
+        "--model",
+        "small",
+        "--image-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--steps",
+        steps,
+        "--threads",
+        "1",
+        "--log-every",
+        "1000",
+        "--synthetic-size",
+        marker,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
@@ -33,7 +48,8 @@ fn mpirun2(a: &[String]) -> common::Run {
 /// No process of this test's run may be left once the job has ended.
 fn assert_none_left(marker: &str) {
     std::thread::sleep(Duration::from_millis(500));
-    let o = Command::new("pgrep").args(["-f", &format!("candle-mpi train .*--synthetic-size {marker}")]).output().unwrap();
+    let o =
+        Command::new("pgrep").args(["-f", &format!("candle-mpi train .*--synthetic-size {marker}")]).output().unwrap();
     assert!(o.stdout.is_empty(), "processes left behind: {}", String::from_utf8_lossy(&o.stdout));
 }
 
@@ -54,7 +70,11 @@ fn a_hung_rank_ends_the_job_after_the_collective_timeout() {
     let run = mpirun2(&args("1202", "40", &["--fault-inject", "1:3:hang", "--collective-timeout", "3"]));
     eprintln!("hung rank: the job ended after {:.2} s (timeout 3 s)", run.elapsed.as_secs_f64());
     assert!(!run.success, "{}", run.output);
-    assert!(run.output.contains("rank 0: step 3: waited") && run.output.contains("--collective-timeout 3"), "{}", run.output);
+    assert!(
+        run.output.contains("rank 0: step 3: waited") && run.output.contains("--collective-timeout 3"),
+        "{}",
+        run.output
+    );
     assert!(run.output.contains("rank(s) 1 (last seen at step 2) never arrived"), "{}", run.output);
     assert!(run.elapsed >= Duration::from_secs(3) && run.elapsed < Duration::from_secs(30));
     assert_none_left("1202");
@@ -91,7 +111,7 @@ fn ranks_that_disagree_are_stopped_before_any_gradient_moves() {
     assert!(!out.contains("step      1/"), "no step ran: {out}");
 }
 
-fn summary(dir: &PathBuf) -> serde_json::Value {
+fn summary(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
 }
 
@@ -99,7 +119,11 @@ fn summary(dir: &PathBuf) -> serde_json::Value {
 fn fp16_overflow_skips_the_step_on_every_rank() {
     let out = std::env::temp_dir().join(format!("candle-mpi-overflow-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let run = mpirun2(&args("1205", "6", &["--grad-dtype", "f16", "--fault-inject", "1:3:overflow", "--out", out.to_str().unwrap()]));
+    let run = mpirun2(&args(
+        "1205",
+        "6",
+        &["--grad-dtype", "f16", "--fault-inject", "1:3:overflow", "--out", out.to_str().unwrap()],
+    ));
     common::assert_ok(&run, "overflow run");
     assert!(run.output.contains("step 3 skipped: non-finite gradient"), "warned: {}", run.output);
     let s = summary(&out);
@@ -112,8 +136,15 @@ fn fp16_overflow_skips_the_step_on_every_rank() {
     std::fs::remove_dir_all(&out).unwrap();
 
     // With --max-skips 0 the same overflow stops the run, naming the step.
-    let run = mpirun2(&args("1206", "6", &["--grad-dtype", "f16", "--fault-inject", "1:3:overflow", "--max-skips", "0"]));
-    assert!(!run.success && run.output.contains("step 3: 1 steps in a row had a non-finite gradient") && run.output.contains("--max-skips 0"), "{}", run.output);
+    let run =
+        mpirun2(&args("1206", "6", &["--grad-dtype", "f16", "--fault-inject", "1:3:overflow", "--max-skips", "0"]));
+    assert!(
+        !run.success
+            && run.output.contains("step 3: 1 steps in a row had a non-finite gradient")
+            && run.output.contains("--max-skips 0"),
+        "{}",
+        run.output
+    );
 }
 
 #[test]
@@ -130,13 +161,34 @@ fn a_crash_between_write_and_rename_leaves_the_last_checkpoint() {
     let dir = std::env::temp_dir().join(format!("candle-mpi-ckpt-crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let d = dir.to_str().unwrap();
-    let base = ["train", "--model", "small", "--image-size", "8", "--batch-size", "4", "--steps", "6", "--threads", "1", "--checkpoint-dir", d];
-    let o = Command::new(BIN).args(base).args(["--checkpoint-every", "2", "--fault-inject", "0:4:ckpt-kill"]).output().unwrap();
+    let base = [
+        "train",
+        "--model",
+        "small",
+        "--image-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--steps",
+        "6",
+        "--threads",
+        "1",
+        "--checkpoint-dir",
+        d,
+    ];
+    let o = Command::new(BIN)
+        .args(base)
+        .args(["--checkpoint-every", "2", "--fault-inject", "0:4:ckpt-kill"])
+        .output()
+        .unwrap();
     assert!(!o.status.success(), "the process was killed");
     assert!(String::from_utf8_lossy(&o.stderr).contains("after writing the step-4 checkpoint, before renaming it"));
     let path = dir.join(checkpoint::FILE_NAME);
     assert_eq!(checkpoint::load(&path).unwrap().meta.step, 2, "the step-2 checkpoint is whole and loadable");
-    let leftovers = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp.")).count();
+    let leftovers = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp."))
+        .count();
     assert_eq!(leftovers, 1, "the unrenamed step-4 file is there, under its temporary name");
     let o = Command::new(BIN).args(base).arg("--resume").output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

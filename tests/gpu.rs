@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
-use candle_mpi::models::pool::{avg_pool2d, max_pool2d, Pool2d};
+use candle_mpi::ops::pool::{avg_pool2d, max_pool2d, Pool2d};
 
 const BIN: &str = env!("CARGO_BIN_EXE_candle-mpi");
 
@@ -29,7 +29,15 @@ macro_rules! need_gpu {
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_device(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+    t.to_device(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
 }
 
 #[test]
@@ -61,9 +69,18 @@ fn nccl_allreduce_on_one_gpu_and_on_all() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && out.contains("# Out of bounds values : 0"), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success() && out.contains("# Out of bounds values : 0"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let n = gpus();
-    let run = common::mpirun(n, BIN, &["allreduce", "--backend", "nccl", "--check", "--max-bytes", "64M"], Duration::from_secs(300));
+    let run = common::mpirun(
+        n,
+        BIN,
+        &["allreduce", "--backend", "nccl", "--check", "--max-bytes", "64M"],
+        Duration::from_secs(300),
+    );
     common::assert_ok(&run, &format!("NCCL all-reduce on {n} GPU(s)"));
     assert!(run.output.contains("# Out of bounds values : 0"), "{}", run.output);
     eprintln!("{}", run.output);
@@ -74,7 +91,21 @@ fn every_network_trains_a_step_on_the_gpu() {
     need_gpu!();
     for model in ["alexnet", "vgg16", "resnet50", "googlenet"] {
         let o = Command::new(BIN)
-            .args(["train", "--model", model, "--device", "cuda", "--image-size", "64", "--batch-size", "8", "--steps", "3", "--log-every", "1"])
+            .args([
+                "train",
+                "--model",
+                model,
+                "--device",
+                "cuda",
+                "--image-size",
+                "64",
+                "--batch-size",
+                "8",
+                "--steps",
+                "3",
+                "--log-every",
+                "1",
+            ])
             .output()
             .unwrap();
         let out = String::from_utf8_lossy(&o.stdout);
@@ -92,12 +123,27 @@ fn a_gpu_run_ends_where_the_cpu_run_ends() {
         let out = std::env::temp_dir().join(format!("candle-mpi-gpu-vs-cpu-{device}-{lr}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         let o = Command::new(BIN)
-            .args(["train", "--model", "alexnet", "--device", device, "--image-size", "32", "--dropout", "0", "--batch-size", "8", "--steps", "5"])
+            .args([
+                "train",
+                "--model",
+                "alexnet",
+                "--device",
+                device,
+                "--image-size",
+                "32",
+                "--dropout",
+                "0",
+                "--batch-size",
+                "8",
+                "--steps",
+                "5",
+            ])
             .args(["--lr", lr, "--grad-dtype", "f16", "--out", out.to_str().unwrap()])
             .output()
             .unwrap();
         assert!(o.status.success(), "{device}: {}", String::from_utf8_lossy(&o.stderr));
-        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
         std::fs::remove_dir_all(&out).unwrap();
         s["param_l2"].as_f64().unwrap()
     };
@@ -105,5 +151,8 @@ fn a_gpu_run_ends_where_the_cpu_run_ends() {
     let (start, cpu, gpu) = (l2("cpu", "1e-30"), l2("cpu", "0.01"), l2("cuda", "0.01"));
     eprintln!("param_l2: start {start}, after 5 steps cpu {cpu}, cuda {gpu}");
     assert!((cpu - start).abs() > 1e-9 * start, "the steps must move the parameters");
-    assert!((gpu - cpu).abs() < 0.01 * (cpu - start).abs(), "GPU run off by more than 1% of the update: start {start}, cpu {cpu}, cuda {gpu}");
+    assert!(
+        (gpu - cpu).abs() < 0.01 * (cpu - start).abs(),
+        "GPU run off by more than 1% of the update: start {start}, cpu {cpu}, cuda {gpu}"
+    );
 }

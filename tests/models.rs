@@ -3,8 +3,9 @@
 //! parameter and lowers the loss.
 
 use candle_core::{DType, Device, Tensor};
-use candle_mpi::models::{summarize, ModelConfig, ModelKind};
-use candle_mpi::params::ParamStore;
+use candle_mpi::model::params::ParamStore;
+use candle_mpi::model::summary::summarize;
+use candle_mpi::model::{ModelConfig, ModelKind};
 use candle_mpi::rng::Rng;
 
 /// A seeded normal tensor (candle's own CPU generator cannot be seeded).
@@ -42,16 +43,27 @@ fn parameter_names_follow_torchvision() {
     }
     let store = ParamStore::new(0);
     ModelKind::Googlenet.build(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
-    for name in ["conv1.conv.weight", "inception3a.branch1.conv.weight", "inception5b.branch4.1.bn.running_var", "fc.bias"] {
+    for name in
+        ["conv1.conv.weight", "inception3a.branch1.conv.weight", "inception5b.branch4.1.bn.running_var", "fc.bias"]
+    {
         assert!(store.get(name).is_some(), "googlenet lacks {name}");
     }
     let store = ParamStore::new(0);
     ModelKind::Alexnet.build(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
     let names: Vec<String> = store.all_sorted().into_iter().map(|(n, _)| n).collect();
-    let expected: Vec<String> = ["classifier.1", "classifier.4", "classifier.6", "features.0", "features.10", "features.3", "features.6", "features.8"]
-        .iter()
-        .flat_map(|l| [format!("{l}.bias"), format!("{l}.weight")])
-        .collect();
+    let expected: Vec<String> = [
+        "classifier.1",
+        "classifier.4",
+        "classifier.6",
+        "features.0",
+        "features.10",
+        "features.3",
+        "features.6",
+        "features.8",
+    ]
+    .iter()
+    .flat_map(|l| [format!("{l}.bias"), format!("{l}.weight")])
+    .collect();
     assert_eq!(names, expected);
 }
 
@@ -115,10 +127,8 @@ fn one_step(kind: ModelKind, size: usize, step_norm: f64) {
     let params: Vec<_> = store.trainable_sorted().into_iter().map(|(_, v)| v).collect();
     let mut sgd = candle_nn::SGD::new(params, step_norm / norm2.sqrt()).unwrap();
     sgd.step(&grads).unwrap();
-    let after = candle_nn::loss::cross_entropy(&net.forward_t(&x, true).unwrap(), &y)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let after =
+        candle_nn::loss::cross_entropy(&net.forward_t(&x, true).unwrap(), &y).unwrap().to_scalar::<f32>().unwrap();
     assert!(before.is_finite() && after.is_finite());
     assert!(after < before, "{kind}: loss {before} -> {after} after one step (gradient norm {})", norm2.sqrt());
 }

@@ -3,7 +3,7 @@
 //! rayon pool is per process and can be configured once.)
 
 use candle_core::{DType, Device, Tensor};
-use candle_mpi::threads;
+use candle_mpi::host::threads;
 
 /// Threads of this process, from the kernel.
 fn os_threads() -> usize {

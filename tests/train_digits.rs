@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -11,10 +11,28 @@ const BIN: &str = env!("CARGO_BIN_EXE_candle-mpi");
 
 fn digits_args(out: &str) -> Vec<String> {
     let data = format!("mnist:{}/tests/data/digits", env!("CARGO_MANIFEST_DIR"));
-    ["train", "--model", "small", "--data", &data, "--image-size", "8", "--classes", "10", "--batch-size", "16", "--epochs", "10", "--log-every", "1000", "--out", out]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "train",
+        "--model",
+        "small",
+        "--data",
+        &data,
+        "--image-size",
+        "8",
+        "--classes",
+        "10",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "10",
+        "--log-every",
+        "1000",
+        "--out",
+        out,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn fresh_dir(tag: &str) -> PathBuf {
@@ -23,7 +41,7 @@ fn fresh_dir(tag: &str) -> PathBuf {
     d
 }
 
-fn summary(dir: &PathBuf) -> serde_json::Value {
+fn summary(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
 }
 
@@ -65,7 +83,11 @@ fn learns_digits_on_two_ranks() {
     assert!(csv.starts_with(candle_mpi::record::CSV_HEADER));
     assert_eq!(csv.lines().count(), 1 + 2 * 440, "header and one row per step and rank");
     for r in 0..2 {
-        assert_eq!(csv.lines().skip(1).filter(|l| l.split(',').nth(1) == Some(&r.to_string())).count(), 440, "rank {r}");
+        assert_eq!(
+            csv.lines().skip(1).filter(|l| l.split(',').nth(1) == Some(&r.to_string())).count(),
+            440,
+            "rank {r}"
+        );
     }
     let acc = s["val_top1"].as_f64().unwrap();
     assert!(acc >= 0.90, "validation accuracy {acc}");
@@ -74,14 +96,19 @@ fn learns_digits_on_two_ranks() {
 
 #[test]
 fn verify_sync_names_a_rank_that_drifts() {
-    let clean = ["train", "--model", "small", "--steps", "6", "--batch-size", "8", "--verify-sync", "2", "--log-every", "100"];
+    let clean =
+        ["train", "--model", "small", "--steps", "6", "--batch-size", "8", "--verify-sync", "2", "--log-every", "100"];
     let run = common::mpirun(2, BIN, &clean, Duration::from_secs(120));
     common::assert_ok(&run, "clean run with --verify-sync");
 
     // The test aid nudges rank 1's weights after step 3; the check after step 4 must stop the job.
     let run = common::mpirun_env(2, BIN, &clean, &[("CANDLE_MPI_FAULT", "1:3:desync")], Duration::from_secs(120));
     assert!(!run.success, "a drifted rank must fail the run:\n{}", run.output);
-    assert!(run.output.contains("after step 4 rank(s) [1]") && run.output.contains("out of lock-step"), "{}", run.output);
+    assert!(
+        run.output.contains("after step 4 rank(s) [1]") && run.output.contains("out of lock-step"),
+        "{}",
+        run.output
+    );
 }
 
 #[test]
@@ -100,17 +127,57 @@ fn global_batch_is_split_over_the_ranks() {
 #[test]
 fn summary_has_every_field_a_report_reads() {
     let out = fresh_dir("fields");
-    let args = ["train", "--model", "small", "--steps", "5", "--batch-size", "4", "--image-size", "8", "--grad-dtype", "f32", "--out", out.to_str().unwrap()];
+    let args = [
+        "train",
+        "--model",
+        "small",
+        "--steps",
+        "5",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "8",
+        "--grad-dtype",
+        "f32",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     let run = common::mpirun(2, BIN, &args, Duration::from_secs(120));
     common::assert_ok(&run, "run with records");
     let s = summary(&out);
-    for key in ["model", "device", "world_size", "batch_per_rank", "global_batch", "image_size", "grad_dtype", "steps", "first_step_s",
-        "step_s_median", "step_s_mean", "step_s_std", "compute_s", "comm_s", "wait_s", "data_s", "images_per_s", "s_per_5120_images",
-        "peak_rss_mib", "skipped_steps", "final_loss", "param_l2", "val_top1", "val_top5", "checkpoint_s"]
-    {
+    for key in [
+        "model",
+        "device",
+        "world_size",
+        "batch_per_rank",
+        "global_batch",
+        "image_size",
+        "grad_dtype",
+        "steps",
+        "first_step_s",
+        "step_s_median",
+        "step_s_mean",
+        "step_s_std",
+        "compute_s",
+        "comm_s",
+        "wait_s",
+        "data_s",
+        "images_per_s",
+        "s_per_5120_images",
+        "peak_rss_mib",
+        "skipped_steps",
+        "final_loss",
+        "param_l2",
+        "val_top1",
+        "val_top5",
+        "checkpoint_s",
+    ] {
         assert!(s.get(key).is_some(), "summary.json lacks {key}: {s}");
     }
-    assert_eq!((s["device"].as_str(), s["grad_dtype"].as_str(), s["global_batch"].as_u64()), (Some("cpu"), Some("f32"), Some(8)));
+    assert_eq!(
+        (s["device"].as_str(), s["grad_dtype"].as_str(), s["global_batch"].as_u64()),
+        (Some("cpu"), Some("f32"), Some(8))
+    );
     // The step time is the slowest rank's: from steps.csv, by hand.
     let csv = std::fs::read_to_string(out.join("steps.csv")).unwrap();
     let mut per_step: std::collections::BTreeMap<u64, f64> = Default::default();
@@ -126,9 +193,12 @@ fn summary_has_every_field_a_report_reads() {
     let by_hand = 0.5 * (later[1] + later[2]); // 4 later steps: the mean of the middle two
     assert!((median - by_hand).abs() < 1e-6, "median {median} vs {later:?}");
     let rate = s["images_per_s"].as_f64().unwrap();
-    assert!((rate * median - 8.0).abs() < 1e-6 && (s["s_per_5120_images"].as_f64().unwrap() * rate - 5120.0).abs() < 1e-6);
+    assert!(
+        (rate * median - 8.0).abs() < 1e-6 && (s["s_per_5120_images"].as_f64().unwrap() * rate - 5120.0).abs() < 1e-6
+    );
     assert!(s["param_l2"].as_f64().unwrap() > 0.0);
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!((config["args"]["model"].as_str(), config["world_size"].as_u64()), (Some("small"), Some(2)));
     std::fs::remove_dir_all(&out).unwrap();
 }
@@ -175,13 +245,19 @@ fn bad_input_is_refused_by_name() {
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(out.join(name), "keep me").unwrap();
         let e = refused(&["train", "--model", "small", "--steps", "1", "--image-size", "8", "--out", o]);
-        assert!(e.contains(&format!("--out {o}: holds another run's records ({name})")) && e.contains("--overwrite"), "{e}");
+        assert!(
+            e.contains(&format!("--out {o}: holds another run's records ({name})")) && e.contains("--overwrite"),
+            "{e}"
+        );
         assert_eq!(std::fs::read_to_string(out.join(name)).unwrap(), "keep me");
         std::fs::remove_dir_all(&out).unwrap();
     }
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("summary.json"), "old").unwrap();
-    let ok = Command::new(BIN).args(["train", "--model", "small", "--steps", "1", "--image-size", "8", "--out", o, "--overwrite"]).output().unwrap();
+    let ok = Command::new(BIN)
+        .args(["train", "--model", "small", "--steps", "1", "--image-size", "8", "--out", o, "--overwrite"])
+        .output()
+        .unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert_eq!(summary(&out)["steps"], 1, "--overwrite replaces the records");
     std::fs::remove_dir_all(&out).unwrap();

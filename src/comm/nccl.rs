@@ -1,21 +1,21 @@
-//! The NCCL backend (feature `cuda`): all-reduce of device buffers on the CUDA
-//! stream candle computes on, bootstrapped by MPI.
+//! The data plane on GPUs (feature `cuda`): NCCL's all-reduce of device
+//! buffers on the CUDA stream candle computes on, bootstrapped by MPI.
 //!
-//! Rank 0 makes NCCL's unique id, MPI broadcasts its 128 bytes, and every rank
-//! joins the communicator on its own GPU (`local_rank`). Everything that is not
-//! a gradient reduction (barrier, gathers of metrics, broadcast of host values)
-//! stays with MPI. Note that NCCL sums f16 in f16 along its ring, so unlike the
-//! MPI backend it may round more than once.
+//! Rank 0 makes NCCL's unique id, the control plane broadcasts its 128 bytes,
+//! and every rank joins the communicator on its own GPU (`local_rank`).
+//! Everything that is not a gradient reduction stays with the control plane.
+//! Note that NCCL sums f16 in f16 along its ring, so unlike the MPI data
+//! planes it may round more than once.
 
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
 use cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
 
-use super::{Collective, MpiCollective, WireBuf, WorldInfo};
+use super::control::Control;
+use super::wire::{Reduce, WireBuf};
 
-pub struct NcclCollective {
-    mpi: MpiCollective,
+pub struct Nccl {
     comm: Comm,
     stream: Arc<CudaStream>,
 }
@@ -27,11 +27,11 @@ fn nccl_error(what: &str, e: impl std::fmt::Debug) -> anyhow::Error {
     )
 }
 
-impl NcclCollective {
+impl Nccl {
     /// Collective over the MPI world: joins the NCCL communicator on `stream`
     /// (candle's stream of this rank's GPU).
-    pub fn new(mpi: MpiCollective, stream: Arc<CudaStream>) -> anyhow::Result<Self> {
-        let info = mpi.info().clone();
+    pub fn new(control: &Control, stream: Arc<CudaStream>) -> anyhow::Result<Self> {
+        let info = control.info().clone();
         let mut id_bytes = [0u8; 128];
         if info.rank == 0 {
             let id = Id::new().map_err(|e| nccl_error("unique id", e))?;
@@ -39,14 +39,14 @@ impl NcclCollective {
                 *b = *c as u8;
             }
         }
-        mpi.broadcast_bytes(&mut id_bytes, 0)?;
+        control.broadcast_bytes(&mut id_bytes, 0)?;
         let mut internal = [0 as std::ffi::c_char; 128];
         for (c, b) in internal.iter_mut().zip(id_bytes) {
             *c = b as std::ffi::c_char;
         }
         let comm = Comm::from_rank(stream.clone(), info.rank, info.size, Id::uninit(internal))
             .map_err(|e| nccl_error("communicator start", e))?;
-        Ok(Self { mpi, comm, stream })
+        Ok(Self { comm, stream })
     }
 
     /// Sums a device buffer over all ranks, in place, then waits for the stream.
@@ -64,7 +64,10 @@ impl NcclCollective {
     }
 
     /// Host buffers go to the device, are summed there, and come back.
-    fn host_round_trip<T: NcclType + cudarc::driver::DeviceRepr + Default + Clone>(&self, buf: &mut [T]) -> anyhow::Result<()> {
+    fn host_round_trip<T: NcclType + cudarc::driver::DeviceRepr + Default + Clone>(
+        &self,
+        buf: &mut [T],
+    ) -> anyhow::Result<()> {
         let mut dev = self.stream.clone_htod(buf).map_err(|e| nccl_error("copy to device", e))?;
         self.all_reduce_sum_device(&mut dev)?;
         self.stream.memcpy_dtoh(&dev, buf).map_err(|e| nccl_error("copy to host", e))?;
@@ -72,49 +75,12 @@ impl NcclCollective {
     }
 }
 
-impl Collective for NcclCollective {
-    fn info(&self) -> &WorldInfo {
-        self.mpi.info()
-    }
-
+impl Reduce for Nccl {
     fn all_reduce_sum(&self, buf: WireBuf<'_>) -> anyhow::Result<()> {
         match buf {
             WireBuf::F16(b) => self.host_round_trip(b),
             WireBuf::Bf16(b) => self.host_round_trip(b),
             WireBuf::F32(b) => self.host_round_trip(b),
         }
-    }
-
-    fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> anyhow::Result<()> {
-        self.mpi.broadcast_f32(buf, root)
-    }
-
-    fn barrier(&self) -> anyhow::Result<()> {
-        self.mpi.barrier()
-    }
-
-    fn all_gather_f64(&self, value: f64) -> anyhow::Result<Vec<f64>> {
-        self.mpi.all_gather_f64(value)
-    }
-
-    fn all_gather_u64(&self, value: u64) -> anyhow::Result<Vec<u64>> {
-        self.mpi.all_gather_u64(value)
-    }
-
-    fn all_gather_f64s(&self, values: &[f64]) -> anyhow::Result<Vec<f64>> {
-        self.mpi.all_gather_f64s(values)
-    }
-
-    fn shared_window(&self, bytes: usize) -> anyhow::Result<Option<std::rc::Rc<super::SharedWindow>>> {
-        self.mpi.shared_window(bytes)
-    }
-
-    /// MPI_Abort; the process's end releases the NCCL communicator with it.
-    fn abort(&self, code: i32) -> ! {
-        self.mpi.abort(code)
-    }
-
-    fn nccl(&self) -> Option<&NcclCollective> {
-        Some(self)
     }
 }

@@ -28,9 +28,9 @@ use mpi::ffi;
 use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
 
-use super::mpi::segments;
+use super::control::Control;
+use super::segments::segments;
 use super::wire::WireElem;
-use super::World;
 
 pub struct SharedWindow {
     // Freed by hand in Drop, and only while MPI is still initialised.
@@ -48,9 +48,10 @@ fn check(code: i32, what: &str) -> anyhow::Result<()> {
 }
 
 impl SharedWindow {
-    /// Collective: a window of `bytes` per rank when every rank of `world`
-    /// shares this host's memory, else None (the caller sends messages).
-    pub fn new(world: &World, bytes: usize) -> anyhow::Result<Option<Rc<SharedWindow>>> {
+    /// Collective: a window of `bytes` per rank when every rank of the
+    /// world shares this host's memory, else None (the caller sends messages).
+    pub fn new(control: &Control, bytes: usize) -> anyhow::Result<Option<Rc<SharedWindow>>> {
+        let world = control.world();
         let info = world.info();
         if info.size < 2 || info.local_size != info.size {
             return Ok(None);
@@ -84,7 +85,13 @@ impl SharedWindow {
             // SAFETY: `win` is the window just created; out-pointers are valid locals.
             unsafe {
                 check(
-                    ffi::MPI_Win_shared_query(win, r as i32, &mut got, &mut unit, &mut b as *mut *mut c_void as *mut c_void),
+                    ffi::MPI_Win_shared_query(
+                        win,
+                        r as i32,
+                        &mut got,
+                        &mut unit,
+                        &mut b as *mut *mut c_void as *mut c_void,
+                    ),
                     "MPI_Win_shared_query",
                 )?;
             }
@@ -114,6 +121,7 @@ impl SharedWindow {
             ffi::MPI_Win_sync(self.win);
         }
         self.comm.barrier();
+        // SAFETY: as above.
         unsafe {
             ffi::MPI_Win_sync(self.win);
         }
@@ -121,17 +129,25 @@ impl SharedWindow {
 
     fn check_range<T>(&self, offset: usize, len: usize) {
         let end = offset + len * std::mem::size_of::<T>();
-        assert!(end <= self.bytes && offset % std::mem::align_of::<T>() == 0, "slot range {offset}..{end} outside {} bytes", self.bytes);
+        assert!(
+            end <= self.bytes && offset.is_multiple_of(std::mem::align_of::<T>()),
+            "slot range {offset}..{end} outside {} bytes",
+            self.bytes
+        );
     }
 
-    /// This rank's slot, `len` elements at byte `offset`.
+    /// This rank's slot, `len` elements at byte `offset`. The window's memory
+    /// is MPI's, not the struct's, so a shared reference to the window hands
+    /// out writable ranges of it.
     ///
     /// # Safety
     /// No other reference to this range may be alive, and no reduction on it
     /// may be under way.
+    #[allow(clippy::mut_from_ref)]
     pub unsafe fn mine<T>(&self, offset: usize, len: usize) -> &mut [T] {
         self.check_range::<T>(offset, len);
-        std::slice::from_raw_parts_mut(self.bases[self.rank].add(offset) as *mut T, len)
+        // SAFETY: in range (checked); the caller holds the range alone.
+        unsafe { std::slice::from_raw_parts_mut(self.bases[self.rank].add(offset) as *mut T, len) }
     }
 
     fn slot<T>(&self, rank: usize, offset: usize, len: usize) -> &[T] {
@@ -151,7 +167,8 @@ impl SharedWindow {
         let (counts, displs) = segments(len, n);
         let (start, mine) = (displs[self.rank], counts[self.rank]);
         if mine > 0 {
-            let srcs: Vec<&[T]> = (0..n).map(|q| self.slot::<T>(q, offset + start * std::mem::size_of::<T>(), mine)).collect();
+            let srcs: Vec<&[T]> =
+                (0..n).map(|q| self.slot::<T>(q, offset + start * std::mem::size_of::<T>(), mine)).collect();
             // SAFETY: my result area is mine alone between the barriers.
             T::sum_into(&srcs, unsafe { self.mine::<T>(result, mine) });
         }

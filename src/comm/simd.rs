@@ -56,6 +56,9 @@ pub fn unpack_f16(src: &[f16], dst: &mut [f32]) -> Option<usize> {
 }
 
 /// Widens and stores; returns whether any source had an all-ones exponent.
+///
+/// # Safety
+/// The CPU has AVX and F16C, and `src` is as long as `dst`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,f16c")]
 unsafe fn unpack_f16_avx(src: &[f16], dst: &mut [f32]) -> bool {
@@ -66,9 +69,11 @@ unsafe fn unpack_f16_avx(src: &[f16], dst: &mut [f32]) -> bool {
     let mut flags = _mm_setzero_si128();
     let mut i = 0;
     while i < body {
-        let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+        // SAFETY: i + 8 <= n = src.len(): eight f16 (16 bytes) lie in src.
+        let h = unsafe { _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i) };
         flags = _mm_or_si128(flags, _mm_cmpeq_epi16(_mm_and_si128(h, exp), exp));
-        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        // SAFETY: i + 8 <= n = dst.len(): eight f32 lie in dst.
+        unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h)) };
         i += 8;
     }
     let mut flagged = _mm_movemask_epi8(flags) != 0;
@@ -79,6 +84,8 @@ unsafe fn unpack_f16_avx(src: &[f16], dst: &mut [f32]) -> bool {
     flagged
 }
 
+/// # Safety
+/// The CPU has AVX and F16C, and every source is as long as `dst`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,f16c")]
 unsafe fn sum_f16_avx(srcs: &[&[f16]], dst: &mut [f16]) {
@@ -87,11 +94,17 @@ unsafe fn sum_f16_avx(srcs: &[&[f16]], dst: &mut [f16]) {
     let body = n - n % 8;
     let mut i = 0;
     while i < body {
-        let mut acc = _mm256_cvtph_ps(_mm_loadu_si128(srcs[0].as_ptr().add(i) as *const __m128i));
+        // SAFETY: i + 8 <= n, and every source holds n elements: eight f16
+        // (16 bytes) lie in each; the same below.
+        let mut acc = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(srcs[0].as_ptr().add(i) as *const __m128i) });
         for s in &srcs[1..] {
-            acc = _mm256_add_ps(acc, _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(i) as *const __m128i)));
+            // SAFETY: as above.
+            acc = _mm256_add_ps(acc, _mm256_cvtph_ps(unsafe { _mm_loadu_si128(s.as_ptr().add(i) as *const __m128i) }));
         }
-        _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(acc));
+        // SAFETY: as above, for dst.
+        unsafe {
+            _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(acc))
+        };
         i += 8;
     }
     for j in body..n {
@@ -103,6 +116,8 @@ unsafe fn sum_f16_avx(srcs: &[&[f16]], dst: &mut [f16]) {
     }
 }
 
+/// # Safety
+/// The CPU has AVX and F16C, and `src` is as long as `dst`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,f16c")]
 unsafe fn pack_f16_avx(src: &[f32], scale: f32, dst: &mut [f16]) {
@@ -112,8 +127,12 @@ unsafe fn pack_f16_avx(src: &[f32], scale: f32, dst: &mut [f16]) {
     let s = _mm256_set1_ps(scale);
     let mut i = 0;
     while i < body {
-        let v = _mm256_mul_ps(_mm256_loadu_ps(src.as_ptr().add(i)), s);
-        _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+        // SAFETY: i + 8 <= n = src.len(): eight f32 lie in src.
+        let v = _mm256_mul_ps(unsafe { _mm256_loadu_ps(src.as_ptr().add(i)) }, s);
+        // SAFETY: i + 8 <= n = dst.len(): eight f16 (16 bytes) lie in dst.
+        unsafe {
+            _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+        };
         i += 8;
     }
     for j in body..n {
@@ -131,18 +150,20 @@ mod tests {
     fn fused_matches_portable_bit_for_bit() {
         let mut rng = Rng::new(8);
         for len in [0usize, 1, 7, 8, 9, 1000, 4099] {
-            let ranks: Vec<Vec<f16>> = (0..3)
-                .map(|_| (0..len).map(|_| f16::from_f64(rng.normal() * 3000.0)).collect())
-                .collect();
+            let ranks: Vec<Vec<f16>> =
+                (0..3).map(|_| (0..len).map(|_| f16::from_f64(rng.normal() * 3000.0)).collect()).collect();
             let srcs: Vec<&[f16]> = ranks.iter().map(|r| r.as_slice()).collect();
             let mut fused = vec![f16::ZERO; len];
             if !sum_f16(&srcs, &mut fused) {
                 return; // no F16C here: nothing to compare
             }
-            let portable: Vec<f16> = (0..len)
-                .map(|i| f16::from_f32(srcs.iter().fold(0.0f32, |a, s| a + s[i].to_f32())))
-                .collect();
-            assert_eq!(fused.iter().map(|h| h.to_bits()).collect::<Vec<_>>(), portable.iter().map(|h| h.to_bits()).collect::<Vec<_>>(), "sum, len {len}");
+            let portable: Vec<f16> =
+                (0..len).map(|i| f16::from_f32(srcs.iter().fold(0.0f32, |a, s| a + s[i].to_f32()))).collect();
+            assert_eq!(
+                fused.iter().map(|h| h.to_bits()).collect::<Vec<_>>(),
+                portable.iter().map(|h| h.to_bits()).collect::<Vec<_>>(),
+                "sum, len {len}"
+            );
 
             let f: Vec<f32> = (0..len).map(|_| (rng.normal() * 1e5) as f32).collect();
             let mut fused = vec![f16::ZERO; len];

@@ -1,10 +1,50 @@
-//! Element types that travel between ranks, and their conversions to f32.
+//! Element types that travel between ranks, their conversions to f32, and
+//! the data plane's one call on a buffer of them (`Reduce`).
 
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
 use mpi::datatype::Equivalence;
+use serde::Serialize;
 
-use super::WireBuf;
+/// The type gradients travel in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GradDtype {
+    F16,
+    Bf16,
+    F32,
+}
+
+impl GradDtype {
+    pub fn size(self) -> usize {
+        match self {
+            GradDtype::F16 | GradDtype::Bf16 => 2,
+            GradDtype::F32 => 4,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            GradDtype::F16 => "f16",
+            GradDtype::Bf16 => "bf16",
+            GradDtype::F32 => "f32",
+        }
+    }
+}
+
+/// A buffer to all-reduce, in one of the wire types.
+pub enum WireBuf<'a> {
+    F16(&'a mut [f16]),
+    Bf16(&'a mut [bf16]),
+    F32(&'a mut [f32]),
+}
+
+/// The data plane for host memory: sums of wire buffers over all ranks.
+pub trait Reduce {
+    /// Sums `buf` element-wise over all ranks, in place, every rank calling
+    /// with the same length in the same order; every rank ends with the same
+    /// bits. Half-precision sums are accumulated in f32 and rounded once.
+    fn all_reduce_sum(&self, buf: WireBuf<'_>) -> anyhow::Result<()>;
+}
 
 /// A type gradients travel in. Conversions work on slices so that half's SIMD
 /// paths (F16C on x86) do the work.

@@ -26,9 +26,8 @@ pub struct World {
 impl World {
     /// Initialises MPI (a lone process outside mpirun is a world of one).
     pub fn init() -> anyhow::Result<World> {
-        let universe = mpi::initialize().ok_or_else(|| {
-            anyhow::anyhow!("MPI is already initialised in this process; create the World once")
-        })?;
+        let universe = mpi::initialize()
+            .ok_or_else(|| anyhow::anyhow!("MPI is already initialised in this process; create the World once"))?;
         let comm = universe.world();
         let shared = comm.split_shared(comm.rank());
         let host = mpi::environment::processor_name().unwrap_or_else(|_| "unknown-host".to_string());

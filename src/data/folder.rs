@@ -23,7 +23,9 @@ pub struct ImageFolder {
 }
 
 fn is_image(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
 }
 
 fn sorted_entries(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -55,10 +57,18 @@ impl ImageFolder {
         );
         let mut files = vec![];
         for (label, class) in classes.iter().enumerate() {
-            files.extend(sorted_entries(class)?.into_iter().filter(|p| p.is_file() && is_image(p)).map(|p| (p, label as u32)));
+            files.extend(
+                sorted_entries(class)?.into_iter().filter(|p| p.is_file() && is_image(p)).map(|p| (p, label as u32)),
+            );
         }
-        anyhow::ensure!(!files.is_empty(), "--data folder:{}: no .jpg, .jpeg or .png files in the class folders of {}", dir.display(), root.display());
-        let class_names = classes.iter().map(|c| c.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+        anyhow::ensure!(
+            !files.is_empty(),
+            "--data folder:{}: no .jpg, .jpeg or .png files in the class folders of {}",
+            dir.display(),
+            root.display()
+        );
+        let class_names =
+            classes.iter().map(|c| c.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
         Ok(Some(Self { files, class_names, seed }))
     }
 
@@ -79,11 +89,16 @@ impl ImageFolder {
         let (path, label) = &self.files[i];
         // A file that cannot be decoded is a broken data set: stop with its name
         // (the loader thread's panic surfaces as an error in the trainer).
-        let img = image::open(path).unwrap_or_else(|e| panic!("--data folder: cannot decode {}: {e}", path.display())).to_rgb8();
+        let img = image::open(path)
+            .unwrap_or_else(|e| panic!("--data folder: cannot decode {}: {e}", path.display()))
+            .to_rgb8();
         let (w, h) = img.dimensions();
         let short = (size * 8).div_ceil(7) as f64;
         let scale = short / f64::from(w.min(h));
-        let (nw, nh) = (((f64::from(w) * scale).round() as u32).max(size as u32), ((f64::from(h) * scale).round() as u32).max(size as u32));
+        let (nw, nh) = (
+            ((f64::from(w) * scale).round() as u32).max(size as u32),
+            ((f64::from(h) * scale).round() as u32).max(size as u32),
+        );
         let resized = image::imageops::resize(&img, nw, nh, FilterType::Triangle);
         let (room_x, room_y) = ((nw as usize - size) as u64, (nh as usize - size) as u64);
         let (x0, y0, flip) = match augment {
@@ -168,7 +183,8 @@ mod tests {
             out
         };
         assert_eq!(crop(3), crop(3), "same epoch and index: same pixels");
-        let distinct: std::collections::HashSet<Vec<u32>> = (0..16).map(|e| crop(e).iter().map(|v| v.to_bits()).collect()).collect();
+        let distinct: std::collections::HashSet<Vec<u32>> =
+            (0..16).map(|e| crop(e).iter().map(|v| v.to_bits()).collect()).collect();
         assert!(distinct.len() > 2, "crops and flips vary over epochs ({} distinct of 16)", distinct.len());
         std::fs::remove_dir_all(&dir).unwrap();
     }

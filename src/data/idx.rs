@@ -31,16 +31,32 @@ pub fn read_idx(path: &Path) -> anyhow::Result<IdxArray> {
 /// Parses IDX bytes; errors say what is wrong with them.
 pub fn parse_idx(bytes: &[u8]) -> anyhow::Result<IdxArray> {
     anyhow::ensure!(bytes.len() >= 4, "not an IDX file: {} bytes, shorter than the 4-byte magic number", bytes.len());
-    anyhow::ensure!(bytes[0] == 0 && bytes[1] == 0, "not an IDX file: magic number starts {:02x} {:02x}, expected 00 00", bytes[0], bytes[1]);
-    anyhow::ensure!(bytes[2] == 0x08, "IDX element type 0x{:02x} is not supported (only 0x08, unsigned bytes)", bytes[2]);
+    anyhow::ensure!(
+        bytes[0] == 0 && bytes[1] == 0,
+        "not an IDX file: magic number starts {:02x} {:02x}, expected 00 00",
+        bytes[0],
+        bytes[1]
+    );
+    anyhow::ensure!(
+        bytes[2] == 0x08,
+        "IDX element type 0x{:02x} is not supported (only 0x08, unsigned bytes)",
+        bytes[2]
+    );
     let ndims = bytes[3] as usize;
     anyhow::ensure!(ndims >= 1, "IDX file declares 0 dimensions");
     let header = 4 + 4 * ndims;
-    anyhow::ensure!(bytes.len() >= header, "truncated IDX file: {} bytes, the header of {ndims} dimensions needs {header}", bytes.len());
+    anyhow::ensure!(
+        bytes.len() >= header,
+        "truncated IDX file: {} bytes, the header of {ndims} dimensions needs {header}",
+        bytes.len()
+    );
     let dims: Vec<usize> = (0..ndims)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
         .collect();
-    let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| anyhow::anyhow!("IDX dimensions {dims:?} overflow"))?;
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| anyhow::anyhow!("IDX dimensions {dims:?} overflow"))?;
     let found = bytes.len() - header;
     anyhow::ensure!(
         found == expected,

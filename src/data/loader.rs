@@ -50,7 +50,8 @@ impl Loader {
                         order = shard(ds.len(), epoch as u64, plan.seed, plan.rank, plan.world, true);
                     }
                     let at = (step % plan.steps_per_epoch) * plan.batch;
-                    let (pixels, labels) = stack(ds.as_ref(), &order[at..at + plan.batch], plan.size, Some(epoch as u64));
+                    let (pixels, labels) =
+                        stack(ds.as_ref(), &order[at..at + plan.batch], plan.size, Some(epoch as u64));
                     if tx.send(HostBatch { pixels, labels }).is_err() {
                         return; // the trainer stopped early
                     }
@@ -62,7 +63,9 @@ impl Loader {
 
     /// The next batch, waiting for the thread if it is behind.
     pub fn next(&self) -> anyhow::Result<HostBatch> {
-        self.rx.recv().map_err(|_| anyhow::anyhow!("the data loader thread stopped before the last step (did it panic? see above)"))
+        self.rx.recv().map_err(|_| {
+            anyhow::anyhow!("the data loader thread stopped before the last step (did it panic? see above)")
+        })
     }
 }
 
@@ -85,12 +88,14 @@ mod tests {
     #[test]
     fn loader_yields_the_sampler_order_and_stops_early_cleanly() {
         let ds: Arc<dyn Dataset> = Arc::new(Synthetic { len: 40, classes: 5, seed: 3 });
-        let plan = Plan { first_step: 3, last_step: 9, steps_per_epoch: 5, batch: 4, size: 2, seed: 3, rank: 1, world: 2 };
+        let plan =
+            Plan { first_step: 3, last_step: 9, steps_per_epoch: 5, batch: 4, size: 2, seed: 3, rank: 1, world: 2 };
         let loader = Loader::spawn(ds.clone(), plan);
         for step in 3..9 {
             let b = loader.next().unwrap();
             let order = shard(40, (step / 5) as u64, 3, 1, 2, true);
-            let want: Vec<u32> = order[(step % 5) * 4..(step % 5) * 4 + 4].iter().map(|&i| ds.sample(i, 2, &mut [0.0; 12])).collect();
+            let want: Vec<u32> =
+                order[(step % 5) * 4..(step % 5) * 4 + 4].iter().map(|&i| ds.sample(i, 2, &mut [0.0; 12])).collect();
             assert_eq!(b.labels, want, "step {step}");
             assert_eq!(b.pixels.len(), 4 * 12);
         }

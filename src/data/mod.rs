@@ -1,12 +1,16 @@
 //! Data sets: `synthetic` (generated from the seed and each sample's global
 //! index, so every world size sees the same data), MNIST-layout directories
 //! of IDX files (MNIST itself, and the 8x8 UCI digits under tests/data/digits),
-//! CIFAR-10's binary batches, and folders of JPEG/PNG images (`folder.rs`).
+//! CIFAR-10's binary batches, and folders of JPEG/PNG images (`folder.rs`);
+//! `--data` opened as a data set (`source.rs`), which samples each rank reads
+//! (`sampler.rs`), and the thread that makes batches ahead of the model
+//! (`loader.rs`).
 
 pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod sampler;
+pub mod source;
 
 use std::path::{Path, PathBuf};
 
@@ -131,13 +135,24 @@ pub fn stack(ds: &dyn Dataset, indices: &[usize], size: usize, epoch: Option<u64
 }
 
 /// Samples `indices` of `ds` as an (N, C, size, size) tensor and labels on `device`.
-pub fn batch(ds: &dyn Dataset, indices: &[usize], size: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+pub fn batch(
+    ds: &dyn Dataset,
+    indices: &[usize],
+    size: usize,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let (pixels, labels) = stack(ds, indices, size, None);
     to_tensors(pixels, labels, ds.channels(), size, device)
 }
 
 /// Host pixels and labels as tensors on `device`.
-pub fn to_tensors(pixels: Vec<f32>, labels: Vec<u32>, channels: usize, size: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+pub fn to_tensors(
+    pixels: Vec<f32>,
+    labels: Vec<u32>,
+    channels: usize,
+    size: usize,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let n = labels.len();
     let x = Tensor::from_vec(pixels, (n, channels, size, size), &Device::Cpu)?.to_device(device)?;
     let y = Tensor::from_vec(labels, n, &Device::Cpu)?.to_device(device)?;
@@ -159,7 +174,10 @@ impl LabelledImages {
     /// Refuses labels the classifier cannot output, naming the first one.
     pub fn check_labels(&self, classes: usize, source: &str) -> anyhow::Result<()> {
         if let Some((i, l)) = self.labels.iter().enumerate().find(|(_, l)| **l as usize >= classes) {
-            anyhow::bail!("{source}: sample {i} has label {l}, beyond --classes {classes} (labels must be 0..{})", classes - 1);
+            anyhow::bail!(
+                "{source}: sample {i} has label {l}, beyond --classes {classes} (labels must be 0..{})",
+                classes - 1
+            );
         }
         Ok(())
     }
@@ -195,8 +213,18 @@ pub fn load_mnist(dir: &Path, split: Split) -> anyhow::Result<LabelledImages> {
     let labels_path = find(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
     let images = read_idx(&images_path)?;
     let labels = read_idx(&labels_path)?;
-    anyhow::ensure!(images.dims.len() == 3, "{}: images must have 3 dimensions (N, H, W), found {:?}", images_path.display(), images.dims);
-    anyhow::ensure!(labels.dims.len() == 1, "{}: labels must have 1 dimension, found {:?}", labels_path.display(), labels.dims);
+    anyhow::ensure!(
+        images.dims.len() == 3,
+        "{}: images must have 3 dimensions (N, H, W), found {:?}",
+        images_path.display(),
+        images.dims
+    );
+    anyhow::ensure!(
+        labels.dims.len() == 1,
+        "{}: labels must have 1 dimension, found {:?}",
+        labels_path.display(),
+        labels.dims
+    );
     anyhow::ensure!(
         images.dims[0] == labels.dims[0],
         "{} holds {} images but {} holds {} labels",
@@ -229,7 +257,8 @@ pub fn load_cifar10(dir: &Path, split: Split) -> anyhow::Result<LabelledImages> 
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     for name in names {
         let path = dir.join(&name);
-        let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("--data cifar10:{}: cannot read {name}: {e}", dir.display()))?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| anyhow::anyhow!("--data cifar10:{}: cannot read {name}: {e}", dir.display()))?;
         anyhow::ensure!(
             !bytes.is_empty() && bytes.len() % CIFAR_RECORD == 0,
             "{}: {} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records (truncated?)",

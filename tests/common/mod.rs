@@ -46,7 +46,8 @@ pub fn mpirun_worker(np: usize, name: &str, timeout: Duration) -> Run {
     let _ = std::fs::remove_dir_all(&marks);
     std::fs::create_dir_all(&marks).unwrap();
     std::env::set_var(MARKS_ENV, &marks);
-    let mut run = mpirun(np, exe.to_str().unwrap(), &["--exact", name, "--ignored", "--nocapture", "--test-threads=1"], timeout);
+    let mut run =
+        mpirun(np, exe.to_str().unwrap(), &["--exact", name, "--ignored", "--nocapture", "--test-threads=1"], timeout);
     let done = std::fs::read_dir(&marks).map(|d| d.count()).unwrap_or(0);
     if run.success && done != np {
         run.success = false;
@@ -92,7 +93,12 @@ pub fn run_with_deadline(mut cmd: Command, timeout: Duration) -> Run {
     let output = format!("{}{}", t_out.join().unwrap(), t_err.join().unwrap());
     match status {
         Some(s) => Run { success: s.success(), code: s.code(), output, elapsed: start.elapsed() },
-        None => Run { success: false, code: None, output: format!("TIMED OUT after {timeout:?}\n{output}"), elapsed: start.elapsed() },
+        None => Run {
+            success: false,
+            code: None,
+            output: format!("TIMED OUT after {timeout:?}\n{output}"),
+            elapsed: start.elapsed(),
+        },
     }
 }
 
@@ -103,5 +109,5 @@ pub fn assert_ok(run: &Run, what: &str) {
 
 /// Cores online on this host.
 pub fn host_cores() -> usize {
-    candle_mpi::threads::host_cores()
+    candle_mpi::host::threads::host_cores()
 }

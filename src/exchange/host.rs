@@ -1,0 +1,205 @@
+//! Buckets in host memory: reusable buffers of wire elements that gradients
+//! are packed into (f32 -> x scale -> wire type), summed over all ranks, and
+//! unpacked from (wire type -> f32, counting non-finite values). Where every
+//! rank shares one host they live in a shared-memory window (`comm::shm`)
+//! and gradients are packed straight into it; otherwise in local memory,
+//! summed by the rank's host data plane (MPI messages, or NCCL on copies).
+
+use std::rc::Rc;
+
+use candle_core::{DType, Storage, Tensor};
+use half::{bf16, f16};
+
+use crate::comm::{Comm, GradDtype, SharedWindow, Transport, WireBuf, WireElem};
+
+/// f32 values, times `scale`, into the wire type.
+pub fn pack_scaled<T: WireElem>(src: &[f32], scale: f32, dst: &mut [T]) {
+    T::pack_scaled(src, scale, dst)
+}
+
+/// Wire values back to f32.
+pub fn unpack<T: WireElem>(src: &[T], dst: &mut [f32]) {
+    T::to_f32(src, dst)
+}
+
+/// Local wire memory, in the bucket's type.
+enum LocalBuf {
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+    F32(Vec<f32>),
+}
+
+/// Where a bucket's wire elements live.
+enum Place {
+    Local(LocalBuf),
+    /// Packed inputs at byte `offset` of this rank's slot in a shared window,
+    /// this rank's segment of the sum at byte `result`.
+    Shared {
+        window: Rc<SharedWindow>,
+        offset: usize,
+        result: usize,
+    },
+}
+
+/// One reusable buffer of gradients on the wire: pack f32 values in, reduce
+/// over all ranks, unpack f32 values out.
+pub struct WireBucket {
+    dtype: GradDtype,
+    len: usize,
+    place: Place,
+}
+
+/// Runs `$body` with `$T` bound to the Rust type of `$dtype`.
+macro_rules! with_wire_type {
+    ($dtype:expr, $T:ident, $body:block) => {
+        match $dtype {
+            GradDtype::F16 => {
+                type $T = f16;
+                $body
+            }
+            GradDtype::Bf16 => {
+                type $T = bf16;
+                $body
+            }
+            GradDtype::F32 => {
+                type $T = f32;
+                $body
+            }
+        }
+    };
+}
+
+impl WireBucket {
+    /// A bucket in this process's memory (reduced with messages).
+    pub fn local(dtype: GradDtype, len: usize) -> Self {
+        let buf = match dtype {
+            GradDtype::F16 => LocalBuf::F16(vec![f16::ZERO; len]),
+            GradDtype::Bf16 => LocalBuf::Bf16(vec![bf16::ZERO; len]),
+            GradDtype::F32 => LocalBuf::F32(vec![0.0; len]),
+        };
+        Self { dtype, len, place: Place::Local(buf) }
+    }
+
+    /// Collective: buckets of these lengths, in one shared window when the
+    /// transport allows and the backend has one, else in local memory.
+    pub fn allocate(
+        comm: &Comm,
+        dtype: GradDtype,
+        lens: &[usize],
+        transport: Transport,
+    ) -> anyhow::Result<Vec<WireBucket>> {
+        let ranks = comm.info().size;
+        let inputs: usize = lens.iter().map(|l| l * dtype.size()).sum();
+        let results: usize = lens.iter().map(|&l| l.div_ceil(ranks) * dtype.size()).sum();
+        let window = match transport {
+            Transport::Auto => SharedWindow::new(comm.control(), inputs + results)?,
+            Transport::Messages => None,
+        };
+        let (mut offset, mut result) = (0, inputs);
+        Ok(lens
+            .iter()
+            .map(|&len| match &window {
+                Some(w) => {
+                    let b = WireBucket { dtype, len, place: Place::Shared { window: w.clone(), offset, result } };
+                    offset += len * dtype.size();
+                    result += len.div_ceil(ranks) * dtype.size();
+                    b
+                }
+                None => WireBucket::local(dtype, len),
+            })
+            .collect())
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when the bucket lives in shared memory.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.place, Place::Shared { .. })
+    }
+
+    /// Writes `src * scale` in the wire type at element `at`.
+    pub fn pack(&mut self, at: usize, src: &[f32], scale: f32) {
+        assert!(at + src.len() <= self.len, "pack of {} at {at} overflows a bucket of {}", src.len(), self.len);
+        match &mut self.place {
+            Place::Local(LocalBuf::F16(b)) => pack_scaled(src, scale, &mut b[at..at + src.len()]),
+            Place::Local(LocalBuf::Bf16(b)) => pack_scaled(src, scale, &mut b[at..at + src.len()]),
+            Place::Local(LocalBuf::F32(b)) => pack_scaled(src, scale, &mut b[at..at + src.len()]),
+            Place::Shared { window, offset, .. } => with_wire_type!(self.dtype, T, {
+                let at_bytes = *offset + at * std::mem::size_of::<T>();
+                // SAFETY: this bucket's range of our slot is ours; no reduction runs during pack.
+                let dst = unsafe { window.mine::<T>(at_bytes, src.len()) };
+                pack_scaled(src, scale, dst)
+            }),
+        }
+    }
+
+    /// Collective: sums the bucket over all ranks (every rank calls it for the
+    /// same bucket in the same order).
+    pub fn all_reduce(&mut self, comm: &Comm) -> anyhow::Result<()> {
+        match &mut self.place {
+            Place::Local(LocalBuf::F16(b)) => comm.host_reduce().all_reduce_sum(WireBuf::F16(b)),
+            Place::Local(LocalBuf::Bf16(b)) => comm.host_reduce().all_reduce_sum(WireBuf::Bf16(b)),
+            Place::Local(LocalBuf::F32(b)) => comm.host_reduce().all_reduce_sum(WireBuf::F32(b)),
+            Place::Shared { window, offset, result } => {
+                with_wire_type!(self.dtype, T, { window.all_reduce_sum::<T>(*offset, *result, self.len) });
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads elements `at..at + dst.len()` as f32; returns how many are not finite.
+    pub fn unpack(&self, at: usize, dst: &mut [f32]) -> usize {
+        assert!(at + dst.len() <= self.len, "unpack of {} at {at} overflows a bucket of {}", dst.len(), self.len);
+        let n = dst.len();
+        match &self.place {
+            Place::Local(LocalBuf::F16(b)) => f16::unpack_counting(&b[at..at + n], dst),
+            Place::Local(LocalBuf::Bf16(b)) => bf16::unpack_counting(&b[at..at + n], dst),
+            Place::Local(LocalBuf::F32(b)) => f32::unpack_counting(&b[at..at + n], dst),
+            Place::Shared { window, result, .. } => {
+                with_wire_type!(self.dtype, T, { window.read_result::<T>(*result, self.len, at, dst) })
+            }
+        }
+    }
+}
+
+/// Runs `f` on the contiguous f32 values of `t` without a copy where `t` is a
+/// contiguous f32 CPU tensor (the usual case), with one copy otherwise.
+pub(super) fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) = (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&v[a..b]));
+        }
+    }
+    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(f(&v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_scales_before_the_cast_and_unpack_restores() {
+        let src: Vec<f32> = (0..5000).map(|i| (i as f32 - 2500.0) * 0.5).collect();
+        let mut wire = vec![f16::ZERO; src.len()];
+        pack_scaled(&src, 0.25, &mut wire);
+        let mut back = vec![0f32; src.len()];
+        unpack(&wire, &mut back);
+        for (s, b) in src.iter().zip(&back) {
+            let want = s * 0.25;
+            assert!((b - want).abs() <= want.abs() * 1e-3, "{s}: {b} vs {want}");
+        }
+        // 8 ranks of 60000 each would overflow f16 if summed before dividing; divided first they fit.
+        let mut one = [f16::ZERO];
+        pack_scaled(&[60000.0], 1.0 / 8.0, &mut one);
+        assert!(one[0].is_finite());
+    }
+}

@@ -1,0 +1,89 @@
+//! The exchange's plan, fixed before step 1 and the same on every rank:
+//! parameters in name order (candle's VarMap iterates a HashMap, so its order
+//! differs between processes), laid end to end and cut into buckets of a
+//! fixed number of elements; a bucket boundary may fall inside a tensor.
+
+/// A slice of one parameter that lives in one bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub param: usize,
+    pub param_offset: usize,
+    pub bucket_offset: usize,
+    pub len: usize,
+}
+
+/// The indices of `names` in exchange order: by name, the same on every rank.
+pub fn exchange_order(names: &[&str]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by(|&a, &b| names[a].cmp(names[b]));
+    order
+}
+
+/// Cuts `sizes` (elements per parameter, in exchange order) into buckets of
+/// `bucket_elems` elements; the last bucket holds the rest.
+pub fn plan_buckets(sizes: &[usize], bucket_elems: usize) -> Vec<Vec<Piece>> {
+    assert!(bucket_elems > 0);
+    let mut buckets: Vec<Vec<Piece>> = vec![];
+    let mut current: Vec<Piece> = vec![];
+    let mut filled = 0;
+    for (param, &size) in sizes.iter().enumerate() {
+        let mut offset = 0;
+        while offset < size {
+            let len = (size - offset).min(bucket_elems - filled);
+            current.push(Piece { param, param_offset: offset, bucket_offset: filled, len });
+            offset += len;
+            filled += len;
+            if filled == bucket_elems {
+                buckets.push(std::mem::take(&mut current));
+                filled = 0;
+            }
+        }
+    }
+    if !current.is_empty() {
+        buckets.push(current);
+    }
+    buckets
+}
+
+/// Elements in each bucket of a plan.
+pub fn bucket_lens(plan: &[Vec<Piece>]) -> Vec<usize> {
+    plan.iter().map(|pieces| pieces.iter().map(|p| p.len).sum()).collect()
+}
+
+/// The plan as text (parameter names in exchange order, then bucket
+/// lengths): what the start-up check compares across ranks before any
+/// collective depends on it. `names` and `sizes` are in exchange order.
+pub fn layout_text(names: &[&str], sizes: &[usize], bucket_elems: usize) -> String {
+    let lens: Vec<String> = bucket_lens(&plan_buckets(sizes, bucket_elems)).iter().map(|l| l.to_string()).collect();
+    format!("{} | {}", names.join(","), lens.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cut_inside_and_between_tensors() {
+        let plan = plan_buckets(&[3, 5, 2], 4);
+        assert_eq!(bucket_lens(&plan), vec![4, 4, 2]);
+        assert_eq!(
+            plan[0],
+            vec![
+                Piece { param: 0, param_offset: 0, bucket_offset: 0, len: 3 },
+                Piece { param: 1, param_offset: 0, bucket_offset: 3, len: 1 }
+            ]
+        );
+        assert_eq!(plan[1], vec![Piece { param: 1, param_offset: 1, bucket_offset: 0, len: 4 }]);
+        assert_eq!(plan[2], vec![Piece { param: 2, param_offset: 0, bucket_offset: 0, len: 2 }]);
+        // A boundary exactly between tensors, and one big bucket.
+        assert_eq!(plan_buckets(&[4, 4], 4).len(), 2);
+        assert_eq!(plan_buckets(&[4, 4], 100).len(), 1);
+        assert!(plan_buckets(&[0, 0], 4).is_empty());
+    }
+
+    #[test]
+    fn order_is_by_name_and_the_layout_names_it() {
+        assert_eq!(exchange_order(&["b", "a", "c"]), vec![1, 0, 2]);
+        assert_eq!(layout_text(&["a", "b"], &[3, 5], 4), "a,b | 4,4");
+    }
+}

@@ -1,0 +1,24 @@
+//! Stands in for `cuda.rs` in a build without the `cuda` feature: no GPU
+//! opens, none has memory in use, and no rank joins NCCL.
+
+use candle_core::Device;
+
+use crate::comm::{Control, Nccl, WorldInfo};
+
+/// This build runs on CPUs only.
+pub const GPU_BUILD: bool = false;
+
+pub fn open_gpu(_info: &WorldInfo) -> anyhow::Result<Device> {
+    anyhow::bail!(
+        "--device cuda: this build has no GPU support; rebuild with `cargo build --release --features cuda` \
+         (see the README's GPU section), or use --device cpu"
+    )
+}
+
+pub fn memory_in_use_mib(_device: &Device) -> f64 {
+    0.0
+}
+
+pub fn nccl_for(_device: &Device, _control: &Control) -> anyhow::Result<Option<Nccl>> {
+    Ok(None)
+}

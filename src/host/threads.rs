@@ -1,0 +1,72 @@
+//! How many CPU threads each process computes with.
+//!
+//! candle's CPU backend runs its parallel loops on rayon's global pool and sizes
+//! its GEMM from `RAYON_NUM_THREADS`; by default both take every core. Under
+//! `mpirun` several processes share a host, so by default each gets the host's
+//! cores divided by the processes on it (`--threads` overrides).
+
+use std::sync::OnceLock;
+
+/// Processes of this job on this host, from the launcher's environment
+/// (Open MPI, MPICH/Hydra, Slurm); 1 outside a launcher.
+pub fn local_processes() -> usize {
+    const VARS: [&str; 4] =
+        ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"];
+    VARS.iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .filter_map(|s| s.trim().parse::<usize>().ok())
+        .find(|n| *n > 0)
+        .unwrap_or(1)
+}
+
+/// Cores this process may run on (its affinity mask, cgroup quota). Under
+/// mpirun, which binds each rank to a core by default, this is often 1.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Cores online on this host, whatever this process is bound to (from
+/// /sys/devices/system/cpu/online, e.g. "0-1" or "0,2-5").
+pub fn host_cores() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| super::cpus::count_cpu_list(&s))
+        .unwrap_or_else(available_cores)
+}
+
+/// The default thread count: the host's cores shared evenly by the processes
+/// of the job on it, and no more than this process is allowed to use.
+pub fn default_threads() -> usize {
+    (host_cores() / local_processes()).min(available_cores()).max(1)
+}
+
+static CONFIGURED: OnceLock<usize> = OnceLock::new();
+
+/// Holds this process to `threads` compute threads (rayon's global pool and
+/// candle's GEMM). Must run before any tensor work; a second call with another
+/// number is an error, since rayon's pool cannot be resized.
+pub fn configure(threads: Option<usize>) -> anyhow::Result<usize> {
+    let n = match threads {
+        Some(0) => anyhow::bail!(
+            "--threads 0: need at least 1 thread (default: cores / processes on this host = {})",
+            default_threads()
+        ),
+        Some(n) => n,
+        None => default_threads(),
+    };
+    let got = *CONFIGURED.get_or_init(|| {
+        // candle reads these on every GEMM call; set before any thread exists.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        // Fails only if the pool already exists, in which case the check below tells.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        n
+    });
+    anyhow::ensure!(got == n, "threads already configured to {got}, cannot change to {n}");
+    anyhow::ensure!(
+        rayon::current_num_threads() == n,
+        "rayon's pool was started with {} threads before --threads {n} could take effect",
+        rayon::current_num_threads()
+    );
+    Ok(n)
+}

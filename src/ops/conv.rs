@@ -1,0 +1,620 @@
+//! Convolution on the CPU as GEMMs, one custom op each way.
+//!
+//! candle's CPU backend computes a convolution's input gradient with
+//! conv_transpose2d, a loop of dot products. Here, for a group of images,
+//!   cols = im2col(x)                  (C*k*k, images*OH*OW)
+//!   y    = W (OC, C*k*k) @ cols       (OC, images*OH*OW)
+//! and backward, with the cols forward kept (up to 16 MiB a layer) or
+//! computed again,
+//!   dW  += dy @ cols^T                (OC, C*k*k; or as dW^T, see backward)
+//!   dx   = col2im(W^T @ dy)            (not where x is data: a first layer)
+//! GEMMs are the gemm crate's (candle's), called on views (gemm_cpu.rs).
+//! A group is one image where OH*OW alone gives the GEMM enough columns (the
+//! product then lands in the image's (OC, OH, OW) planes as it is, and a 1x1
+//! stride-1 convolution multiplies the image itself, no im2col), and several
+//! small images otherwise (their product is scattered into their planes).
+//! Groups also bound im2col's memory at large inputs (only the group's cols
+//! exist at a time where a layer's would exceed 16 MiB). The whole convolution is
+//! one node of candle's graph: candle accumulates each node's input gradient
+//! into a zero-filled tensor, which for im2col's output had been a pass over
+//! nine times the activation of every 3x3 layer. Square kernels, groups 1:
+//! what the four networks use. On other devices the layer keeps candle's conv2d.
+
+use std::ops::Range;
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::cpu_slice::f32_slice;
+use super::gemm_cpu::{matmul, View};
+use super::handoff::HandOff;
+
+/// A square convolution's geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Geometry {
+    fn out_len(&self, input: usize) -> usize {
+        (input + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+}
+
+/// GEMM columns a group of images should give at least (below this the gemm
+/// crate's blocks are mostly edge; measured in docs/performance.md).
+const MIN_GROUP_COLUMNS: usize = 256;
+
+/// The shapes of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    oc: usize,
+    oh: usize,
+    ow: usize,
+    g: Geometry,
+}
+
+impl Dims {
+    fn new(x: &Layout, weight: &Layout, g: Geometry) -> Result<Self> {
+        let (n, c, h, w) = x.shape().dims4()?;
+        let (oc, wc, kh, kw) = weight.shape().dims4()?;
+        if wc != c || kh != g.kernel || kw != g.kernel {
+            candle_core::bail!(
+                "conv2d_gemm: weight {:?} does not fit input {:?} and kernel {}",
+                weight.dims(),
+                x.dims(),
+                g.kernel
+            );
+        }
+        if h + 2 * g.padding < g.kernel || w + 2 * g.padding < g.kernel {
+            candle_core::bail!(
+                "conv2d_gemm: input {h}x{w} smaller than kernel {} with padding {}",
+                g.kernel,
+                g.padding
+            );
+        }
+        Ok(Self { n, c, h, w, oc, oh: g.out_len(h), ow: g.out_len(w), g })
+    }
+    fn ckk(&self) -> usize {
+        self.c * self.g.kernel * self.g.kernel
+    }
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+    fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// 1x1, stride 1, no padding: an image is its own column matrix.
+    fn pointwise(&self) -> bool {
+        self.g == Geometry { kernel: 1, stride: 1, padding: 0 }
+    }
+    /// The images of each GEMM, in order.
+    fn groups(&self) -> impl Iterator<Item = Range<usize>> {
+        let size = MIN_GROUP_COLUMNS.div_ceil(self.ohw().max(1)).clamp(1, self.n.max(1));
+        let n = self.n;
+        (0..n).step_by(size).map(move |b| b..(b + size).min(n))
+    }
+}
+
+/// cols (C*k*k, images*OH*OW) of the images `images` of x; row (c, ki, kj),
+/// column (image, oh, ow).
+fn im2col(x: &[f32], d: &Dims, images: Range<usize>, cols: &mut Vec<f32>) {
+    let Geometry { kernel: k, stride, padding } = d.g;
+    let (h, w, oh, ow) = (d.h, d.w, d.oh, d.ow);
+    let width = images.len() * d.ohw();
+    // Every element is written below (padding as zeros), so the buffer of the
+    // previous group is reused without clearing it first.
+    cols.resize(d.ckk() * width, 0.0);
+    // One row per (c, ki, kj): rows are independent.
+    super::par::for_each_chunk(cols, width, |row, dst| {
+        let (ci, ki, kj) = (row / (k * k), (row / k) % k, row % k);
+        // Output columns whose input column lies inside the image.
+        let lo = padding.saturating_sub(kj).div_ceil(stride).min(ow);
+        let hi = ((w + padding).saturating_sub(kj)).div_ceil(stride).clamp(lo, ow);
+        for (j, b) in images.clone().enumerate() {
+            let plane = &x[(b * d.c + ci) * h * w..][..h * w];
+            for y in 0..oh {
+                let iy = (y * stride + ki) as isize - padding as isize;
+                let out = &mut dst[(j * oh + y) * ow..][..ow];
+                if iy < 0 || iy >= h as isize || lo == hi {
+                    out.fill(0.0);
+                    continue;
+                }
+                out[..lo].fill(0.0);
+                out[hi..].fill(0.0);
+                let src = &plane[iy as usize * w..][..w];
+                let first = lo * stride + kj - padding;
+                if stride == 1 {
+                    out[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                } else {
+                    for (o, xo) in out[lo..hi].iter_mut().zip((first..).step_by(stride)) {
+                        *o = src[xo];
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// dx += col2im(cols) for the images `images` (dx holds just their planes):
+/// im2col's adjoint.
+fn col2im(cols: &[f32], d: &Dims, images: Range<usize>, dx: &mut [f32]) {
+    let Geometry { kernel: k, stride, padding } = d.g;
+    let (c, h, w, oh, ow) = (d.c, d.h, d.w, d.oh, d.ow);
+    let width = images.len() * d.ohw();
+    // One (image, channel) plane per task; within it, rows in (ki, kj) order.
+    super::par::for_each_chunk(dx, h * w, |plane_index, plane| {
+        let (j, ci) = (plane_index / c, plane_index % c);
+        for ki in 0..k {
+            for kj in 0..k {
+                let src = &cols[((ci * k + ki) * k + kj) * width + j * oh * ow..][..oh * ow];
+                let lo = padding.saturating_sub(kj).div_ceil(stride).min(ow);
+                let hi = ((w + padding).saturating_sub(kj)).div_ceil(stride).clamp(lo, ow);
+                for y in 0..oh {
+                    let iy = (y * stride + ki) as isize - padding as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let row = &mut plane[iy as usize * w..][..w];
+                    let first = lo * stride + kj - padding;
+                    let src = &src[y * ow + lo..y * ow + hi];
+                    if stride == 1 {
+                        // Slices side by side: the compiler vectorizes this.
+                        for (r, &v) in row[first..first + src.len()].iter_mut().zip(src) {
+                            *r += v;
+                        }
+                    } else {
+                        for (xo, &v) in (first..).step_by(stride).zip(src) {
+                            row[xo] += v;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The column matrix of a group: the image itself for a pointwise
+/// convolution of one image, else im2col into `buf`.
+fn columns<'a>(x: &'a [f32], d: &Dims, images: &Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if d.pointwise() && images.len() == 1 {
+        &x[images.start * d.c * d.hw()..][..d.c * d.hw()]
+    } else {
+        im2col(x, d, images.clone(), buf);
+        buf
+    }
+}
+
+/// Column matrices (f32 values, 16 MiB) up to which forward keeps a layer's
+/// cols for backward instead of backward computing them again.
+const KEEP_COLS_UP_TO: usize = 4 << 20;
+
+/// The column matrices forward kept, one per group.
+type KeptCols = Vec<Vec<f32>>;
+
+/// y (N, OC, OH, OW) = conv(x, weight) + bias, and the groups' column
+/// matrices when they are small enough to keep (and not the input itself).
+fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims) -> (Vec<f32>, Option<KeptCols>) {
+    let (oc, ohw) = (d.oc, d.ohw());
+    let mut y = vec![0f32; d.n * oc * ohw];
+    let (mut buf, mut product) = (Vec::new(), Vec::new());
+    let wv = View::rows(weight, oc, d.ckk());
+    let mut kept =
+        (d.ckk() * d.n * ohw <= KEEP_COLS_UP_TO && !(d.pointwise() && ohw >= MIN_GROUP_COLUMNS)).then(Vec::new);
+    for images in d.groups() {
+        let width = images.len() * ohw;
+        let cols = columns(x, d, &images, &mut buf);
+        let y_group = &mut y[images.start * oc * ohw..images.end * oc * ohw];
+        if images.len() == 1 {
+            matmul(y_group, ohw, false, wv, View::rows(cols, d.ckk(), width));
+        } else {
+            // (OC, images, OH*OW) -> (images, OC, OH*OW)
+            product.resize(oc * width, 0.0);
+            matmul(&mut product, width, false, wv, View::rows(cols, d.ckk(), width));
+            for (j, image) in y_group.chunks_mut(oc * ohw).enumerate() {
+                for (o, plane) in image.chunks_mut(ohw).enumerate() {
+                    plane.copy_from_slice(&product[o * width + j * ohw..][..ohw]);
+                }
+            }
+        }
+        if let Some(kept) = kept.as_mut() {
+            kept.push(std::mem::take(&mut buf)); // the next group gets a new buffer
+        }
+    }
+    if let Some(bias) = bias {
+        for (p, plane) in y.chunks_mut(ohw).enumerate() {
+            let b = bias[p % oc];
+            plane.iter_mut().for_each(|v| *v += b);
+        }
+    }
+    (y, kept)
+}
+
+/// Gradients from dy (N, OC, OH, OW): (dx if asked, else empty; dweight;
+/// dbias if asked).
+fn backward(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    d: &Dims,
+    wanted: Wanted,
+    kept: Option<KeptCols>,
+) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    let (oc, ohw, ckk, chw) = (d.oc, d.ohw(), d.ckk(), d.c * d.hw());
+    let mut dx = vec![0f32; if wanted.dx { d.n * chw } else { 0 }];
+    // The weight gradient's GEMM has the pixels as its inner dimension, and
+    // both operands hold them contiguous, so the gemm crate gathers one of
+    // them element by element into its packed blocks: for a row-major
+    // destination, the operand of the destination's rows. So the destination
+    // is whichever of dW (OC, C*k*k) and dW^T (C*k*k, OC) has fewer rows:
+    // dW^T in a 3x3 layer (OC rows of dy gathered, not 9*C rows of cols),
+    // dW where the input has few channels and OC is wide. dW^T costs a
+    // transpose at the end, which outweighs the saving where the layer has
+    // few pixels, so it is taken only where the pixels number at least half
+    // cols' rows (both limits measured in docs/performance.md).
+    let transposed = oc < ckk && 2 * d.n * ohw >= ckk;
+    let mut dw = vec![0f32; oc * ckk];
+    let (mut cols, mut dy_cols, mut dcols) = (Vec::new(), Vec::new(), Vec::new());
+    let wt = View::rows(weight, oc, ckk).t();
+    for (i, images) in d.groups().enumerate() {
+        let width = images.len() * ohw;
+        let dy_group = &dy[images.start * oc * ohw..images.end * oc * ohw];
+        // dy of the group as (OC, images*OH*OW).
+        let dy_group: &[f32] = if images.len() == 1 {
+            dy_group
+        } else {
+            dy_cols.resize(oc * width, 0.0);
+            for (j, image) in dy_group.chunks(oc * ohw).enumerate() {
+                for (o, plane) in image.chunks(ohw).enumerate() {
+                    dy_cols[o * width + j * ohw..][..ohw].copy_from_slice(plane);
+                }
+            }
+            &dy_cols
+        };
+        let dyv = View::rows(dy_group, oc, width);
+        let cols = match &kept {
+            Some(kept) => &kept[i],
+            None => columns(x, d, &images, &mut cols),
+        };
+        let colsv = View::rows(cols, ckk, width);
+        if transposed {
+            matmul(&mut dw, oc, i > 0, colsv, dyv.t()); // dW^T += cols @ dy^T
+        } else {
+            matmul(&mut dw, ckk, i > 0, dyv, colsv.t()); // dW += dy @ cols^T
+        }
+        if !wanted.dx {
+            continue;
+        }
+        let dx_group = &mut dx[images.start * chw..images.end * chw];
+        if d.pointwise() && images.len() == 1 {
+            matmul(dx_group, d.hw(), false, wt, dyv);
+        } else {
+            dcols.resize(ckk * width, 0.0);
+            matmul(&mut dcols, width, false, wt, dyv);
+            col2im(&dcols, d, images, dx_group);
+        }
+    }
+    if transposed {
+        dw = transpose(&dw, ckk, oc);
+    }
+    let db = wanted.db.then(|| {
+        let mut db = vec![0f64; oc];
+        for (p, plane) in dy.chunks(ohw).enumerate() {
+            db[p % oc] += plane.iter().map(|&v| v as f64).sum::<f64>();
+        }
+        db.into_iter().map(|v| v as f32).collect()
+    });
+    (dx, dw, db)
+}
+
+/// The (cols, rows) transpose of a row-major (rows, cols) matrix, by 32 x 32
+/// tiles (a large weight gradient, transposed an element at a time, misses
+/// the cache on every write).
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut t = vec![0f32; m.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    t[c * rows + r] = m[r * cols + c];
+                }
+            }
+        }
+    }
+    t
+}
+
+/// Which gradients backward computes besides the weight's.
+#[derive(Clone, Copy, Debug)]
+struct Wanted {
+    /// The input's: not for a network's first layer, whose input is data
+    /// (the input-gradient GEMM and col2im are a third of a layer's work).
+    dx: bool,
+    db: bool,
+}
+
+/// The convolution as one graph node: on (x, weight), or (x, weight, bias).
+struct Conv2dOp {
+    g: Geometry,
+    /// The column matrices forward kept for backward (taken by backward).
+    kept: HandOff<KeptCols>,
+}
+
+/// Backward on (x, weight, dy): dx (empty when not wanted); the weight and
+/// bias gradients are left in `param_grads`.
+struct Conv2dGrad {
+    g: Geometry,
+    wanted: Wanted,
+    kept: HandOff<KeptCols>,
+    param_grads: HandOff<(Vec<f32>, Option<Vec<f32>>)>,
+}
+
+impl Conv2dOp {
+    fn fwd(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(x.1, w.1, self.g)?;
+        let xs = f32_slice(x.0, x.1, "conv2d_gemm: input")?;
+        let ws = f32_slice(w.0, w.1, "conv2d_gemm: weight")?;
+        let bs = bias.map(|(s, l)| f32_slice(s, l, "conv2d_gemm: bias")).transpose()?;
+        if bs.is_some_and(|b| b.len() != d.oc) {
+            candle_core::bail!(
+                "conv2d_gemm: bias of {} values for {} output channels",
+                bs.map_or(0, |b| b.len()),
+                d.oc
+            );
+        }
+        let (y, kept) = forward(xs, ws, bs, &d);
+        match kept {
+            Some(kept) => self.kept.put(kept),
+            None => drop(self.kept.take()),
+        }
+        Ok((CpuStorage::F32(y), Shape::from((d.n, d.oc, d.oh, d.ow))))
+    }
+
+    /// (dx where x is part of the graph, dweight, dbias) as tensors.
+    fn grads(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        dy: &Tensor,
+        with_bias: bool,
+    ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+        let param_grads = HandOff::default();
+        let wanted = Wanted { dx: x.track_op(), db: with_bias };
+        let op = Conv2dGrad { g: self.g, wanted, kept: self.kept.clone(), param_grads: param_grads.clone() };
+        let dx = x.apply_op3_no_bwd(weight, &dy.contiguous()?, &op)?;
+        let dx = wanted.dx.then_some(dx);
+        let (dw, db) = param_grads.take().expect("the gradient op leaves the parameter gradients");
+        let dw = Tensor::from_vec(dw, weight.shape(), x.device())?;
+        let db = db.map(|db| Tensor::from_vec(db, weight.dim(0)?, x.device())).transpose()?;
+        Ok((dx, dw, db))
+    }
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "candle-mpi conv2d"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), None)
+    }
+    fn bwd(&self, x: &Tensor, weight: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.grads(x, weight, dy, false)?;
+        Ok((dx, Some(dw)))
+    }
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "candle-mpi conv2d with bias"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = self.grads(x, weight, dy, true)?;
+        Ok((dx, Some(dw), db))
+    }
+}
+
+impl CustomOp3 for Conv2dGrad {
+    fn name(&self) -> &'static str {
+        "candle-mpi conv2d backward"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1, l2, self.g)?;
+        let x = f32_slice(s1, l1, "conv2d_gemm backward: input")?;
+        let w = f32_slice(s2, l2, "conv2d_gemm backward: weight")?;
+        let dy = f32_slice(s3, l3, "conv2d_gemm backward: output gradient")?;
+        if dy.len() != d.n * d.oc * d.ohw() {
+            candle_core::bail!(
+                "conv2d_gemm backward: output gradient of {} values, expected {}",
+                dy.len(),
+                d.n * d.oc * d.ohw()
+            );
+        }
+        let (dx, dw, db) = backward(x, w, dy, &d, self.wanted, self.kept.take());
+        self.param_grads.put((dw, db));
+        let shape = if self.wanted.dx { l1.shape().clone() } else { Shape::from(0) };
+        Ok((CpuStorage::F32(dx), shape))
+    }
+}
+
+/// y = conv2d(x, weight) (+ bias), x (N, C, H, W) f32 on the CPU, weight
+/// (OC, C, k, k); differentiable in x, weight and bias. The output is
+/// contiguous (N, OC, OH, OW).
+pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: Geometry) -> Result<Tensor> {
+    Dims::new(x.layout(), weight.layout(), g)?;
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3(&weight, &b.contiguous()?, Conv2dOp { g, kept: HandOff::default() }),
+        None => x.apply_op2(&weight, Conv2dOp { g, kept: HandOff::default() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn pseudo(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// Output and all three gradients against candle's own conv2d.
+    #[test]
+    fn matches_candle_conv2d_forward_and_backward() {
+        let dev = Device::Cpu;
+        // Groups of several images (small outputs), of one image (17x17 and
+        // 16x16 outputs: 256 columns or more), and a batch of 5 that splits
+        // into groups of 3 and 2 (10x10 outputs). The weight gradient is
+        // taken as dW^T (e.g. the first), as dW for OC > C*k*k (the fourth)
+        // and for few pixels (the seventh).
+        for (n, c, oc, hw, k, stride, padding) in [
+            (2, 3, 4, 11, 3, 1, 1),
+            (2, 2, 5, 13, 3, 2, 1),
+            (2, 3, 2, 16, 11, 4, 2),
+            (2, 4, 6, 7, 1, 1, 0),
+            (2, 4, 3, 9, 1, 2, 0),
+            (2, 2, 3, 10, 5, 1, 2),
+            (2, 3, 4, 9, 7, 2, 3),
+            (2, 3, 4, 17, 3, 1, 1),
+            (3, 5, 4, 16, 1, 1, 0),
+            (5, 2, 3, 10, 3, 1, 1),
+            (5, 2, 3, 10, 1, 1, 0),
+        ] {
+            let x = Var::from_vec(pseudo(n * c * hw * hw, 1), (n, c, hw, hw), &dev).unwrap();
+            let wt = Var::from_vec(pseudo(oc * c * k * k, 2), (oc, c, k, k), &dev).unwrap();
+            let b = Var::from_vec(pseudo(oc, 3), oc, &dev).unwrap();
+            let g = Geometry { kernel: k, stride, padding };
+            let ours = conv2d_gemm(&x, &wt, Some(&b), g).unwrap();
+            let theirs = x
+                .conv2d(&wt, padding, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, oc, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            let weights = Tensor::from_vec(pseudo(theirs.elem_count(), 4), theirs.shape(), &dev).unwrap();
+            let go = (ours.clone() * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let gt = (theirs.clone() * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let close = |a: &Tensor, b: &Tensor, what: &str| {
+                let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+                let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+                let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+                assert!(
+                    worst <= 1e-5 * scale,
+                    "{what} (n {n} c {c} oc {oc} hw {hw} k {k} s {stride} p {padding}): off by {worst} of {scale}"
+                );
+            };
+            close(&ours, &theirs, "output");
+            close(go.get(&x).unwrap(), gt.get(&x).unwrap(), "input gradient");
+            close(go.get(&wt).unwrap(), gt.get(&wt).unwrap(), "weight gradient");
+            close(go.get(&b).unwrap(), gt.get(&b).unwrap(), "bias gradient");
+        }
+    }
+
+    /// A first layer, whose input is data and not part of the graph: no
+    /// input gradient is made, and the weight and bias gradients are the
+    /// ones the same layer gets when its input is a variable.
+    #[test]
+    fn data_input_gets_no_gradient_and_the_same_parameter_gradients() {
+        let dev = Device::Cpu;
+        let (n, c, oc, hw, k) = (2, 3, 4, 11, 3);
+        let data = Tensor::from_vec(pseudo(n * c * hw * hw, 1), (n, c, hw, hw), &dev).unwrap();
+        let as_var = Var::from_tensor(&data).unwrap();
+        let wt = Var::from_vec(pseudo(oc * c * k * k, 2), (oc, c, k, k), &dev).unwrap();
+        let b = Var::from_vec(pseudo(oc, 3), oc, &dev).unwrap();
+        let g = Geometry { kernel: k, stride: 1, padding: 1 };
+        let grads = |x: &Tensor| {
+            conv2d_gemm(x, &wt, Some(&b), g).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap()
+        };
+        let (from_data, from_var) = (grads(&data), grads(as_var.as_tensor()));
+        assert!(from_data.get(&data).is_none(), "no gradient for the data");
+        assert!(from_var.get(&as_var).is_some());
+        for (p, what) in [(wt.as_tensor(), "weight"), (b.as_tensor(), "bias")] {
+            let a: Vec<f32> = from_data.get(p).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let e: Vec<f32> = from_var.get(p).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(a, e, "{what} gradient");
+        }
+    }
+
+    /// col2im is im2col's adjoint: <im2col(x), y> = <x, col2im(y)>, for a
+    /// group of images inside a batch.
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        for g in [
+            Geometry { kernel: 3, stride: 2, padding: 1 },
+            Geometry { kernel: 3, stride: 1, padding: 1 },
+            Geometry { kernel: 5, stride: 3, padding: 2 },
+        ] {
+            let d = Dims { n: 3, c: 3, h: 7, w: 6, oc: 1, oh: g.out_len(7), ow: g.out_len(6), g };
+            let x = pseudo(3 * 3 * 7 * 6, 5);
+            let images = 1..3;
+            let mut cols = Vec::new();
+            im2col(&x, &d, images.clone(), &mut cols);
+            let y = pseudo(cols.len(), 6);
+            let mut back = vec![0f32; 2 * 3 * 7 * 6];
+            col2im(&y, &d, images, &mut back);
+            let lhs: f64 = cols.iter().zip(&y).map(|(a, b)| (a * b) as f64).sum();
+            let rhs: f64 = x[3 * 7 * 6..].iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
+            assert!((lhs - rhs).abs() <= 1e-5 * lhs.abs().max(1.0), "{g:?}: {lhs} vs {rhs}");
+        }
+    }
+
+    /// Backward gives the same bits whether forward kept the column matrices
+    /// or backward computes them again.
+    #[test]
+    fn kept_and_recomputed_columns_give_the_same_gradients() {
+        for (n, c, oc, hw, g) in [
+            (5, 2, 3, 10, Geometry { kernel: 3, stride: 1, padding: 1 }),
+            (2, 3, 4, 17, Geometry { kernel: 3, stride: 2, padding: 1 }),
+            (4, 3, 2, 6, Geometry { kernel: 1, stride: 1, padding: 0 }),
+        ] {
+            let d = Dims { n, c, h: hw, w: hw, oc, oh: g.out_len(hw), ow: g.out_len(hw), g };
+            let x = pseudo(n * c * hw * hw, 1);
+            let w = pseudo(oc * d.ckk(), 2);
+            let (y, kept) = forward(&x, &w, None, &d);
+            assert!(kept.is_some(), "{d:?}: small column matrices are kept");
+            let dy = pseudo(y.len(), 3);
+            let with = backward(&x, &w, &dy, &d, Wanted { dx: true, db: true }, kept);
+            let without = backward(&x, &w, &dy, &d, Wanted { dx: true, db: true }, None);
+            assert_eq!(with, without, "{d:?}");
+        }
+    }
+}

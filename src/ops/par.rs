@@ -1,0 +1,48 @@
+//! Parallel loops for the CPU ops (im2col, col2im, pooling, batch norm, SGD)
+//! that stay on the calling thread when the process computes with one thread.
+//!
+//! A rayon loop called from outside rayon's pool hands its work to a pool
+//! thread and sleeps until that is done: with `--threads 1` that is two
+//! wake-ups per op and nothing run in parallel (docs/performance.md has what
+//! that cost). candle's own CPU ops already run inline then.
+
+use rayon::prelude::*;
+
+fn one_thread() -> bool {
+    rayon::current_num_threads() == 1
+}
+
+/// f(index, chunk) for each `len`-sized chunk of `out` (the last may be shorter).
+pub fn for_each_chunk<T: Send>(out: &mut [T], len: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    let len = len.max(1);
+    if one_thread() {
+        out.chunks_mut(len).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        out.par_chunks_mut(len).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// f(index, a_chunk, b_chunk) for the `len`-sized chunks of two buffers of
+/// the same length, taken side by side.
+pub fn for_each_chunk_pair<A: Send, B: Send>(
+    a: &mut [A],
+    b: &mut [B],
+    len: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync + Send,
+) {
+    let len = len.max(1);
+    if one_thread() {
+        a.chunks_mut(len).zip(b.chunks_mut(len)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+    } else {
+        a.par_chunks_mut(len).zip(b.par_chunks_mut(len)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+    }
+}
+
+/// [f(0), f(1), ..., f(n - 1)].
+pub fn map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    if one_thread() {
+        (0..n).map(f).collect()
+    } else {
+        (0..n).into_par_iter().map(f).collect()
+    }
+}

@@ -1,0 +1,52 @@
+//! What a training run is asked to do, every setting resolved.
+
+use serde::Serialize;
+
+use super::fault::Fault;
+use crate::comm::{GradDtype, Transport};
+use crate::data::DataSpec;
+use crate::model::ModelKind;
+use crate::optim::schedule::LrPlan;
+use crate::optim::SgdConfig;
+
+/// Everything a run is asked to do.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainConfig {
+    pub model: ModelKind,
+    pub image_size: usize,
+    pub classes: usize,
+    /// Images per rank per step.
+    pub batch_size: usize,
+    pub epochs: usize,
+    /// Stop after this many steps, whatever the epochs.
+    pub steps: Option<usize>,
+    pub lr: LrPlan,
+    pub sgd: SgdConfig,
+    pub grad_dtype: GradDtype,
+    pub bucket_bytes: usize,
+    pub transport: Transport,
+    pub seed: u64,
+    #[serde(serialize_with = "crate::record::files::serialize_display")]
+    pub data: DataSpec,
+    /// Samples per epoch of synthetic data.
+    pub synthetic_len: usize,
+    pub dropout: Option<f32>,
+    /// Every this many steps, check that all ranks hold identical parameters.
+    pub verify_sync: Option<usize>,
+    /// Where rank 0 writes `checkpoint.safetensors` (every `checkpoint_every`
+    /// steps and at the end), and where `resume` reads it.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    pub checkpoint_every: Option<usize>,
+    pub resume: bool,
+    /// Validate every this many epochs as well as at the end (data with a test split).
+    pub val_every: Option<usize>,
+    /// Steps left out of the step-time statistics (at least the first).
+    pub warmup_steps: usize,
+    /// A rank waiting longer than this in a collective ends the job (zero: never).
+    pub collective_timeout: std::time::Duration,
+    /// Consecutive skipped steps after which the run stops.
+    pub max_skips: usize,
+    /// Test aid: a fault to inject (see fault.rs).
+    #[serde(skip)]
+    pub fault: Option<Fault>,
+}

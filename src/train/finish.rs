@@ -1,0 +1,74 @@
+//! The end of a run: rank 0's last checkpoint, the final validation, every
+//! rank's records gathered, and the summary they reduce to.
+
+use candle_core::{DType, Var};
+
+use super::setup::Run;
+use crate::host::memory::peak_rss_mib;
+use crate::record::steps::{self, step_stats};
+use crate::record::summary::TrainSummary;
+
+/// L2 norm of all the parameters, accumulated in f64.
+fn param_l2(params: &[(String, Var)]) -> anyhow::Result<f64> {
+    let mut sum = 0f64;
+    for (_, var) in params {
+        let values: Vec<f32> = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        sum += values.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+    }
+    Ok(sum.sqrt())
+}
+
+impl Run<'_> {
+    /// Collective: finishes the run and returns what it measured.
+    pub fn finish(mut self) -> anyhow::Result<TrainSummary> {
+        let (cfg, info) = (self.cfg, self.info.clone());
+        let run_steps = self.total_steps.saturating_sub(self.first_step);
+        if info.rank == 0 && cfg.checkpoint_dir.is_some() && run_steps > 0 {
+            self.write_checkpoint(self.total_steps, false)?;
+        }
+        let t = &self.tally;
+        let seconds = t.after_first.elapsed().as_secs_f64() - t.mid_val_s - (t.checkpoint_s - t.checkpoint_s_first);
+        let validation = self.validate()?;
+        if let Some(v) = validation {
+            self.tally.val_history.push((self.total_steps / self.steps_per_epoch, v.top1));
+        }
+        self.watchdog.enter(self.total_steps, "gathering the step records");
+        let records = steps::gather(&self.tally.records, self.comm.control())?;
+        self.watchdog.leave();
+        let times = step_stats(&records, info.size, cfg.warmup_steps);
+        let global_batch = cfg.batch_size * info.size;
+        let images_per_s = global_batch as f64 / times.step_s_median.max(1e-12);
+        let control = self.comm.control();
+        let peak_rss_mib = control.all_gather_f64(peak_rss_mib())?;
+        let gpu_mem_peak_mib =
+            if self.device.is_cuda() { Some(control.all_gather_f64(self.tally.gpu_peak_mib)?) } else { None };
+        Ok(TrainSummary {
+            model: cfg.model,
+            device: if self.device.is_cuda() { "cuda" } else { "cpu" },
+            world_size: info.size,
+            batch_per_rank: cfg.batch_size,
+            global_batch,
+            image_size: cfg.image_size,
+            grad_dtype: cfg.grad_dtype,
+            steps: self.total_steps,
+            resumed_from_step: self.first_step,
+            images: run_steps * global_batch,
+            seconds,
+            times,
+            images_per_s,
+            s_per_5120_images: 5120.0 / images_per_s,
+            checkpoint_s: self.tally.checkpoint_s,
+            peak_rss_mib,
+            gpu_mem_peak_mib,
+            skipped_steps: self.tally.skipped,
+            final_loss: self.last_loss,
+            param_l2: param_l2(&self.params)?,
+            val_loss: validation.map(|v| v.loss),
+            val_top1: validation.map(|v| v.top1),
+            val_top5: validation.map(|v| v.top5),
+            val_images: validation.map_or(0, |v| v.images),
+            val_history: std::mem::take(&mut self.tally.val_history),
+            records,
+        })
+    }
+}

@@ -1,0 +1,172 @@
+//! A run before its first step: the network with rank 0's weights, the
+//! data, the optimizer (restored from a checkpoint on `--resume`), the
+//! start-up check, the exchange and the watchdog; and what the steps keep
+//! between them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Var};
+
+use super::checkpoint::{self, RunState};
+use super::config::TrainConfig;
+use super::handshake::handshake;
+use super::watchdog::Watchdog;
+use crate::comm::{Comm, WorldInfo};
+use crate::data::loader::{Loader, Plan};
+use crate::data::{self, Dataset, Split};
+use crate::exchange::GradExchange;
+use crate::model::params::{self, ParamStore};
+use crate::model::{ModelConfig, Network};
+use crate::optim::Sgd;
+use crate::record::steps::StepRecord;
+
+/// A run under way. Fields are dropped in order: the loader's thread first,
+/// then the watchdog's, then the exchange's buckets.
+pub(super) struct Run<'a> {
+    pub cfg: &'a TrainConfig,
+    pub comm: &'a Comm,
+    pub device: &'a Device,
+    pub info: WorldInfo,
+    pub loader: Loader,
+    pub watchdog: Watchdog,
+    pub exchange: GradExchange,
+    pub net: Box<dyn Network>,
+    pub params: Vec<(String, Var)>,
+    pub sgd: Sgd,
+    pub checkpoint: RunState,
+    pub channels: usize,
+    pub test_data: Option<Arc<dyn Dataset>>,
+    /// The first step this process runs (after a resumed checkpoint's), and the end.
+    pub first_step: usize,
+    pub total_steps: usize,
+    pub steps_per_epoch: usize,
+    pub tally: Tally,
+    /// The last step's loss on this rank.
+    pub last_loss: f32,
+}
+
+/// What the steps count and time as they go.
+pub(super) struct Tally {
+    pub records: Vec<StepRecord>,
+    pub skipped: usize,
+    pub consecutive_skips: usize,
+    /// (epochs completed, top-1) of every validation so far.
+    pub val_history: Vec<(usize, f64)>,
+    /// Time rank 0 spent writing checkpoints, all of it and by the end of the first step.
+    pub checkpoint_s: f64,
+    pub checkpoint_s_first: f64,
+    /// Mid-run validations are not training: their time leaves the throughput.
+    pub mid_val_s: f64,
+    pub gpu_peak_mib: f64,
+    /// When the first step ended (the start, until it has).
+    pub after_first: Instant,
+}
+
+impl Tally {
+    fn new(steps: usize) -> Self {
+        Self {
+            records: Vec::with_capacity(steps),
+            skipped: 0,
+            consecutive_skips: 0,
+            val_history: vec![],
+            checkpoint_s: 0.0,
+            checkpoint_s_first: 0.0,
+            mid_val_s: 0.0,
+            gpu_peak_mib: 0.0,
+            after_first: Instant::now(),
+        }
+    }
+}
+
+impl<'a> Run<'a> {
+    /// Collective: everything before step 1, in the same order on every rank.
+    pub fn prepare(cfg: &'a TrainConfig, comm: &'a Comm, device: &'a Device) -> anyhow::Result<Self> {
+        anyhow::ensure!(cfg.batch_size >= 1, "--batch-size {}: need at least 1 image per rank", cfg.batch_size);
+        let info = comm.info().clone();
+        let control = comm.control();
+        let open = |split| data::source::open(&cfg.data, split, cfg.classes, cfg.seed, cfg.synthetic_len);
+        let train_data = open(Split::Train)?.expect("every data source has a training split");
+        let model_cfg = ModelConfig {
+            in_channels: train_data.channels(),
+            dropout: cfg.dropout,
+            ..ModelConfig::new(cfg.classes, cfg.image_size)
+        };
+        let store = ParamStore::new(cfg.seed);
+        let net = cfg.model.build(&model_cfg, store.var_builder(DType::F32, device))?;
+        let params = store.trainable_sorted();
+        let mut sgd = Sgd::new(params.clone(), cfg.sgd)?;
+        let first_step = if cfg.resume {
+            checkpoint::resume_run(
+                &checkpoint::run_path(cfg.checkpoint_dir.as_deref())?,
+                cfg.model,
+                &model_cfg,
+                &store,
+                &mut sgd,
+                control,
+            )?
+        } else {
+            0
+        };
+        broadcast_from_rank0(&store, comm, false)?;
+        handshake(cfg, &params, control)?;
+        let checkpoint = RunState { model: cfg.model, model_cfg, store, config: serde_json::to_string(cfg)? };
+        let exchange = GradExchange::new(&params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport)?;
+        let watchdog = Watchdog::start(control, cfg.collective_timeout)?;
+        let per_rank = train_data.len() / info.size;
+        let steps_per_epoch = per_rank / cfg.batch_size;
+        anyhow::ensure!(
+            steps_per_epoch >= 1,
+            "--batch-size {}: each of the {} rank(s) gets {} samples per epoch, fewer than one batch",
+            cfg.batch_size,
+            info.size,
+            per_rank
+        );
+        let total_steps = cfg.steps.unwrap_or(steps_per_epoch * cfg.epochs.max(1));
+        let channels = train_data.channels();
+        let plan = Plan {
+            first_step,
+            last_step: total_steps,
+            steps_per_epoch,
+            batch: cfg.batch_size,
+            size: cfg.image_size,
+            seed: cfg.seed,
+            rank: info.rank,
+            world: info.size,
+        };
+        let loader = Loader::spawn(train_data, plan);
+        let test_data = open(Split::Test)?;
+        let tally = Tally::new(total_steps.saturating_sub(first_step));
+        Ok(Self {
+            cfg,
+            comm,
+            device,
+            info,
+            loader,
+            watchdog,
+            exchange,
+            net,
+            params,
+            sgd,
+            checkpoint,
+            channels,
+            test_data,
+            first_step,
+            total_steps,
+            steps_per_epoch,
+            tally,
+            last_loss: f32::NAN,
+        })
+    }
+}
+
+/// Copies every variable (parameters and buffers) of rank 0 to all ranks.
+pub(super) fn broadcast_from_rank0(store: &ParamStore, comm: &Comm, only_buffers: bool) -> anyhow::Result<()> {
+    for (name, var) in store.all_sorted() {
+        if only_buffers && !params::is_buffer(&name) {
+            continue;
+        }
+        var.set(&comm.control().broadcast_tensor(var.as_tensor())?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! One step: this rank's batch, forward and backward, the barrier, the
+//! exchange, the update (or the skip every rank makes together), timed by
+//! phase into the step's record.
+
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+
+use super::fault::{self, FaultKind};
+use super::setup::Run;
+use crate::data::to_tensors;
+use crate::exchange::ExchangeReport;
+use crate::record::steps::StepRecord;
+
+/// When each phase of a step ended; the record's times are the gaps.
+struct StepClock {
+    started: Instant,
+    /// The batch is on the device (data: waiting for the loader thread).
+    data_ready: Instant,
+    /// Forward and backward are done (compute).
+    computed: Instant,
+    /// Every rank reached the barrier (wait: how far ahead of the slowest).
+    all_arrived: Instant,
+    /// The mean gradients are back (comm).
+    exchanged: Instant,
+    /// The optimizer has run (compute too).
+    updated: Instant,
+}
+
+impl StepClock {
+    fn record(&self, template: StepRecord) -> StepRecord {
+        StepRecord {
+            data_s: (self.data_ready - self.started).as_secs_f64(),
+            compute_s: (self.computed - self.data_ready).as_secs_f64() + (self.updated - self.exchanged).as_secs_f64(),
+            wait_s: (self.all_arrived - self.computed).as_secs_f64(),
+            comm_s: (self.exchanged - self.all_arrived).as_secs_f64(),
+            ..template
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Collective: runs step `step` (0-based) and records it; true when the
+    /// step was skipped for a non-finite gradient.
+    pub fn step(&mut self, step: usize) -> anyhow::Result<bool> {
+        let (cfg, rank) = (self.cfg, self.info.rank);
+        let started = Instant::now();
+        let host = self.loader.next()?;
+        fault::strike_process(cfg.fault, rank, step + 1);
+        let data_ready = Instant::now();
+        let mut grads = self.forward_backward(host, step)?;
+        let computed = Instant::now();
+        self.watchdog.enter(step + 1, "the barrier before the gradient exchange");
+        self.comm.control().barrier()?;
+        let all_arrived = Instant::now();
+        let report = self.exchange.exchange(&mut grads, self.comm)?;
+        self.watchdog.leave();
+        let exchanged = Instant::now();
+        let lr = cfg.lr.at((step + 1) as f64 / self.steps_per_epoch as f64);
+        self.update_or_skip(&report, &grads, lr, step)?;
+        let clock = StepClock { started, data_ready, computed, all_arrived, exchanged, updated: Instant::now() };
+        let template = StepRecord {
+            step: step + 1,
+            rank,
+            epoch: step / self.steps_per_epoch,
+            loss: self.last_loss,
+            lr,
+            data_s: 0.0,
+            compute_s: 0.0,
+            wait_s: 0.0,
+            comm_s: 0.0,
+            samples: cfg.batch_size,
+            skipped: report.skipped(),
+        };
+        self.tally.records.push(clock.record(template));
+        Ok(report.skipped())
+    }
+
+    /// The loss of this rank's batch (kept as `last_loss`) and its gradients.
+    fn forward_backward(&mut self, host: crate::data::loader::HostBatch, step: usize) -> anyhow::Result<GradStore> {
+        let (cfg, rank) = (self.cfg, self.info.rank);
+        let (x, y) = to_tensors(host.pixels, host.labels, self.channels, cfg.image_size, self.device)?;
+        let mut loss = candle_nn::loss::cross_entropy(&self.net.forward_t(&x, true)?, &y)?;
+        if fault::hits(cfg.fault, FaultKind::Nan, rank, step + 1) {
+            loss = (loss * f64::NAN)?;
+        }
+        let mut grads = loss.backward()?;
+        if fault::hits(cfg.fault, FaultKind::Overflow, rank, step + 1) {
+            let var = self.params[0].1.as_tensor();
+            grads.insert(var, var.ones_like()?.affine(1e9, 0.0)?);
+        }
+        self.last_loss = loss.to_scalar::<f32>()?;
+        Ok(grads)
+    }
+
+    /// Applies the mean gradients, or, when the exchange found a non-finite
+    /// value, counts the skip (every rank does the same) and stops the run on
+    /// a NaN loss or too many skips in a row.
+    fn update_or_skip(
+        &mut self,
+        report: &ExchangeReport,
+        grads: &GradStore,
+        lr: f64,
+        step: usize,
+    ) -> anyhow::Result<()> {
+        if !report.skipped() {
+            self.tally.consecutive_skips = 0;
+            self.sgd.step(grads, lr)?;
+            return Ok(());
+        }
+        self.tally.skipped += 1;
+        self.tally.consecutive_skips += 1;
+        // Every rank skips together, so every rank can afford this check.
+        let losses = self.comm.control().all_gather_f64(f64::from(self.last_loss))?;
+        let nan: Vec<usize> = (0..losses.len()).filter(|&r| !losses[r].is_finite()).collect();
+        anyhow::ensure!(
+            nan.is_empty(),
+            "step {}: the loss became {} on rank(s) {nan:?}; stopping (the weights were not updated)",
+            step + 1,
+            losses[nan[0]]
+        );
+        anyhow::ensure!(
+            self.tally.consecutive_skips <= self.cfg.max_skips,
+            "step {}: {} steps in a row had a non-finite gradient after the exchange (--max-skips {}); stopping. \
+             A smaller --lr, or --grad-dtype bf16/f32, avoids half-precision overflow",
+            step + 1,
+            self.tally.consecutive_skips,
+            self.cfg.max_skips
+        );
+        Ok(())
+    }
+}
