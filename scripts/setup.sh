@@ -34,6 +34,22 @@ else
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+# scripts/test.sh checks the format and the lints: rustfmt and clippy come
+# with rustup's default profile; add them where a minimal one left them out.
+for tool in fmt clippy; do
+  if ! cargo "$tool" --version >/dev/null 2>&1; then
+    component=$([ "$tool" = fmt ] && echo rustfmt || echo clippy)
+    command -v rustup >/dev/null && rustup component add "$component" \
+      || { echo "setup: cargo $tool is missing and rustup cannot add $component" >&2; exit 1; }
+  fi
+done
+# The module-circle check of scripts/test.sh (and the figures' helper scripts) run on python3.
+if ! command -v python3 >/dev/null; then
+  echo "setup: installing python3"
+  SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3
+fi
 echo "setup: building the release binary (target/release/candle-mpi)"
 cargo build --release --locked
 echo "setup: done"

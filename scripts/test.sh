@@ -9,6 +9,14 @@ if [ "$(id -u)" -eq 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
 
+# The guards that keep the tree as it is laid out: one format (rustfmt.toml),
+# clippy with its line limit and SAFETY comments (clippy.toml, Cargo.toml's
+# [lints]), and no module depending on another in a circle.
+echo "test.sh: format, lints and module circles"
+cargo fmt --check
+cargo clippy --release --locked --all-targets -- -D warnings
+python3 scripts/module-cycles.py
+
 # Release profile: the tests share the dependencies setup.sh just built, and
 # candle unoptimised is far too slow for the network tests.
 cargo test --release --locked --all-targets
