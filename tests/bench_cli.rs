@@ -164,3 +164,101 @@ fn bad_sweeps_are_refused_before_anything_runs() {
     let e = text(&candle(&["report", o]));
     assert!(e.contains("no runs/ folder"), "{e}");
 }
+
+/// A one-worker sweep of the small CNN at `size` pixels and `steps` steps.
+fn small_sweep<'a>(out: &'a str, size: &'a str, steps: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "bench",
+        "--models",
+        "small",
+        "--workers",
+        "1",
+        "--image-size",
+        size,
+        "--classes",
+        "10",
+        "--batch-size",
+        "4",
+        "--steps",
+        steps,
+        "--warmup",
+        "1",
+        "--repeat",
+        "1",
+        "--no-ceiling",
+        "--out",
+        out,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// A sweep into an --out that holds runs made with other settings is
+/// refused, naming them (it used to report the old runs as its own);
+/// --fresh replaces them.
+#[test]
+fn runs_of_other_settings_are_not_reused() {
+    let out = dir("settings");
+    let o = out.to_str().unwrap();
+    let first = candle(&small_sweep(o, "8", "1", &[]));
+    assert!(first.status.success(), "{}", text(&first));
+    let other = candle(&small_sweep(o, "16", "2", &[]));
+    let t = text(&other);
+    assert!(!other.status.success(), "{t}");
+    assert!(
+        t.contains("holds runs of a sweep with other settings")
+            && t.contains("--image-size 8 -> 16")
+            && t.contains("--steps 1 -> 2"),
+        "{t}"
+    );
+    let fresh = candle(&small_sweep(o, "16", "2", &["--fresh"]));
+    assert!(fresh.status.success(), "{}", text(&fresh));
+    assert!(text(&fresh).contains("0 already recorded, 1 to run"), "{}", text(&fresh));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("runs/small-weak-n1-r0/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(s["image_size"], 16);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Ctrl-C on a sweep stops the run under way with its processes (mpirun
+/// and its rank were left running, orphaned), records it as interrupted,
+/// and ends the sweep.
+#[test]
+fn ctrl_c_stops_the_run_and_leaves_nothing_behind() {
+    let out = dir("sigint");
+    let o = out.to_str().unwrap();
+    let mut bench = Command::new(BIN)
+        .args(small_sweep(o, "8", "100000", &[]))
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let marker = "candle-mpi train .*--steps 100001";
+    let running = || {
+        let o = Command::new("pgrep").args(["-f", marker]).output().unwrap();
+        !o.stdout.is_empty()
+    };
+    let start = std::time::Instant::now();
+    while !running() && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(running(), "the training never started");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    // SAFETY: signals the child this test started.
+    unsafe { libc::kill(bench.id() as i32, libc::SIGINT) };
+    let t = std::time::Instant::now();
+    let status = bench.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut bench.stderr.take().unwrap(), &mut err).unwrap();
+    eprintln!("Ctrl-C: the sweep ended {:.2} s after the signal", t.elapsed().as_secs_f64());
+    assert!(!status.success() && err.contains("interrupted by SIGINT"), "{err}");
+    let rec = run_json(&out, "small-weak-n1-r0");
+    assert_eq!(rec["ok"], false);
+    assert!(rec["error"].as_str().unwrap().contains("interrupted by SIGINT"), "{rec}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!running(), "processes left behind");
+    std::fs::remove_dir_all(&out).unwrap();
+}

@@ -133,3 +133,39 @@ fn bad_checkpoints_are_refused_and_left_alone() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Bytes changed after writing (one flipped in a tensor) are refused by the
+/// checksum, and momentum that does not fit the parameters is named.
+#[test]
+fn flipped_bytes_and_misfit_momentum_are_refused() {
+    let d = dir("checksum");
+    let p = d.to_str().unwrap();
+    common::assert_ok(&run(1, &args(p, "4", &[])), "a run to make a checkpoint");
+    let file = d.join(checkpoint::FILE_NAME);
+    let good = std::fs::read(&file).unwrap();
+    let mut bytes = good.clone();
+    let at = bytes.len() - 9;
+    bytes[at] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+    let flipped = run(1, &args(p, "8", &["--resume"]));
+    assert!(!flipped.success && flipped.output.contains("is damaged: its tensors' checksum"), "{}", flipped.output);
+
+    std::fs::write(&file, &good).unwrap();
+    let loaded = checkpoint::load(&file).unwrap();
+    let mut model: Vec<(String, candle_core::Tensor)> = loaded.model.clone().into_iter().collect();
+    model.sort_by(|a, b| a.0.cmp(&b.0));
+    // No momentum at all, after 4 steps with momentum 0.9.
+    checkpoint::save(&file, &loaded.meta, &model, &[]).unwrap();
+    let none = run(1, &args(p, "8", &["--resume"]));
+    assert!(!none.success && none.output.contains("the checkpoint lacks momentum/"), "{}", none.output);
+    // A buffer of the right size in the wrong shape.
+    let mut momentum: Vec<(String, candle_core::Tensor)> = loaded.momentum.clone().into_iter().collect();
+    momentum.sort_by(|a, b| a.0.cmp(&b.0));
+    let (name, t) = momentum.iter_mut().find(|(_, t)| t.rank() == 4).unwrap();
+    *t = t.flatten_all().unwrap();
+    let name = name.clone();
+    checkpoint::save(&file, &loaded.meta, &model, &momentum).unwrap();
+    let misfit = run(1, &args(p, "8", &["--resume"]));
+    assert!(!misfit.success && misfit.output.contains(&format!("momentum/{name} has shape")), "{}", misfit.output);
+    std::fs::remove_dir_all(&d).unwrap();
+}

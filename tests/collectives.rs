@@ -1,4 +1,5 @@
-//! The MPI backend and the gradient exchange under `mpirun -np 2` and `-np 3`.
+//! The MPI backend and the gradient exchange under `mpirun -np 2` and `-np 3`;
+//! each worker frees the shared windows it made (`release`), as a clean run does.
 //! Each `#[test]` starts mpirun on this same test binary, running one of the
 //! `worker_*` functions (ignored in a plain run) on every rank.
 
@@ -80,6 +81,7 @@ fn reduce_values(comm: &Comm, dtype: GradDtype, transport: Transport, values: &[
     bucket.all_reduce(comm).unwrap();
     let mut out = vec![0f32; values.len()];
     assert_eq!(bucket.unpack(0, &mut out), 0);
+    WireBucket::release(vec![bucket]).unwrap();
     out
 }
 
@@ -209,6 +211,7 @@ fn worker_exchange() {
                     );
                 }
             }
+            ex.release().unwrap();
         }
     }
     // One exchange reused step after step (as the trainer does): a rank that runs
@@ -238,10 +241,12 @@ fn worker_exchange() {
                 }
             }
         }
+        ex.release().unwrap();
     }
     // Exchange order is by name whatever the registration order.
     let ex = GradExchange::new(&params, 1 << 20, GradDtype::F16, &comm, Transport::Auto).unwrap();
     assert_eq!(ex.names(), ["a.weight", "b.weight", "c.bias", "d.weight"]);
+    ex.release().unwrap();
     common::mark_done(me);
 }
 
@@ -296,4 +301,5 @@ fn nonfinite_with(comm: &Comm, params: &[(String, Var)], transport: Transport) {
     assert!(ex.exchange(&mut grads, comm).unwrap().skipped());
     let mut grads = grads_for(params, me);
     assert!(!ex.exchange(&mut grads, comm).unwrap().skipped());
+    ex.release().unwrap();
 }

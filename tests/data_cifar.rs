@@ -45,7 +45,7 @@ fn reads_records_as_channel_planes() {
     assert_eq!((train.channels, train.height, train.width), (3, 32, 32));
     // Sample 8 is file 2's second record: label (1 + 1) % 10 = 2.
     let mut px = vec![0f32; 3 * 32 * 32];
-    assert_eq!(train.sample(8, 32, &mut px), 2);
+    assert_eq!(train.sample(8, 32, &mut px).unwrap(), 2);
     assert_eq!(px[0], 40.0 / 255.0, "red plane first");
     assert_eq!(px[32 * 32], 41.0 / 255.0, "then green");
     assert_eq!(px[2 * 32 * 32], 42.0 / 255.0, "then blue");

@@ -145,3 +145,41 @@ fn bad_folders_are_refused() {
     assert!(e.contains("cannot decode") && e.contains("train-0.png"), "{e}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A broken image in val/ stops the run before training, naming the file
+/// (it was found after training, losing the records); a val/ split smaller
+/// than the ranks records no validation rather than "top-1 0.0% on 0 images".
+#[test]
+fn validation_files_are_checked_first_and_a_tiny_split_records_nothing() {
+    let root = image_tree("valcheck");
+    let spec = format!("folder:{}", root.display());
+    let out = root.join("out");
+    // Only one image left in val/: fewer than the 2 ranks.
+    for class in ["red", "blue"] {
+        for i in 0..10 {
+            let ext = if i % 2 == 0 { "png" } else { "jpg" };
+            if (class, i) != ("red", 0) {
+                std::fs::remove_file(root.join("val").join(class).join(format!("val-{i}.{ext}"))).unwrap();
+            }
+        }
+    }
+    let mut a = args(&spec, out.to_str().unwrap());
+    let at = a.iter().position(|x| *x == "--epochs").unwrap();
+    a[at + 1] = "1";
+    let run = common::mpirun(2, BIN, &a, Duration::from_secs(120));
+    common::assert_ok(&run, "a val/ of one image on 2 ranks");
+    assert!(
+        run.output.contains("validation skipped: the test split's 1 image(s) leave no whole share"),
+        "{}",
+        run.output
+    );
+    let s = summary(&out);
+    assert!(s["val_top1"].is_null() && s["val_images"] == 0, "{s}");
+
+    std::fs::write(root.join("val").join("red").join("val-0.png"), b"not a png").unwrap();
+    let o = Command::new(BIN).args(args(&spec, root.join("out2").to_str().unwrap())).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("val-0.png") && !e.contains("step "), "{e}");
+    assert!(!root.join("out2").join("summary.json").exists());
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -107,8 +107,120 @@ fn ranks_that_disagree_are_stopped_before_any_gradient_moves() {
     eprintln!("disagreeing ranks: stopped after {:.2} s", t.elapsed().as_secs_f64());
     let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(!o.status.success());
-    assert!(out.contains("start-up check: rank 1 (gradient dtype, bucket layout) differ from rank 0"), "{out}");
+    assert!(
+        out.contains("start-up check: rank 1 (--grad-dtype, --bucket-mb, bucket layout) differ from rank 0"),
+        "{out}"
+    );
     assert!(!out.contains("step      1/"), "no step ran: {out}");
+}
+
+/// Rank 0 with `common`, rank 1 with `common` where `rank1` sets flags
+/// (a value replaces the flag's, a flag without one is added); success, the
+/// output and the time.
+fn mpmd(common: &[String], rank1: &[(&str, Option<&str>)]) -> (bool, String, Duration) {
+    let mut second: Vec<String> = common.to_vec();
+    for (flag, value) in rank1 {
+        match (second.iter().position(|a| a == flag), value) {
+            (Some(i), Some(v)) => second[i + 1] = v.to_string(),
+            (None, Some(v)) => second.extend([flag.to_string(), v.to_string()]),
+            (_, None) => second.push(flag.to_string()),
+        }
+    }
+    let t = Instant::now();
+    let o = Command::new("mpirun")
+        .args(["--oversubscribe", "-np", "1", BIN])
+        .args(common)
+        .args([":", "-np", "1", BIN])
+        .args(&second)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        t.elapsed(),
+    )
+}
+
+/// Another network or classifier on one rank is named by its flag before
+/// any weight is broadcast (which had corrupted the heap), and so is
+/// --resume given to one rank only.
+#[test]
+fn a_different_network_or_resume_on_one_rank_is_named_first() {
+    let common = args("1208", "3", &["--collective-timeout", "5"]);
+    for (rank1, flag) in [
+        (vec![("--model", Some("alexnet")), ("--image-size", Some("32"))], "--model"),
+        (vec![("--classes", Some("7"))], "--classes"),
+        (vec![("--transport", Some("messages"))], "--transport"),
+        (vec![("--verify-sync", Some("1"))], "--verify-sync"),
+        (vec![("--dropout", Some("0.1"))], "--dropout"),
+    ] {
+        let (ok, out, took) = mpmd(&common, &rank1);
+        eprintln!("rank 1 with {rank1:?}: stopped after {:.2} s", took.as_secs_f64());
+        assert!(!ok, "{out}");
+        assert!(out.contains("start-up check: rank 1 (") && out.contains(flag), "{flag}: {out}");
+        assert!(!out.contains("malloc") && !out.contains("MPI_ERR"), "{flag}: {out}");
+    }
+    let dir = std::env::temp_dir().join(format!("candle-mpi-resume-one-{}", std::process::id()));
+    let d = dir.to_str().unwrap();
+    let common = args("1209", "3", &["--collective-timeout", "5", "--checkpoint-dir", d]);
+    let (ok, out, _) = mpmd(&common, &[("--resume", None)]);
+    assert!(!ok && out.contains("start-up check: rank 1 (--resume)"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One rank's own error after start-up prints and ends the job at once, on
+/// both transports, even with the watchdog off (it used to wait in the
+/// collective free of a shared window until another rank's watchdog fired).
+#[test]
+fn one_ranks_error_ends_the_job_at_once() {
+    for (marker, transport) in [("1210", "auto"), ("1211", "messages")] {
+        let run = mpirun2(&args(
+            marker,
+            "40",
+            &["--fault-inject", "1:3:error", "--collective-timeout", "0", "--transport", transport],
+        ));
+        eprintln!("one rank's error ({transport}): the job ended after {:.2} s", run.elapsed.as_secs_f64());
+        assert!(!run.success, "{}", run.output);
+        assert!(
+            run.output.contains("rank 1: error: fault injection: an error of rank 1's own at step 3"),
+            "{}",
+            run.output
+        );
+        assert!(run.elapsed < Duration::from_secs(5), "{:?}: {}", run.elapsed, run.output);
+        assert_none_left(marker);
+    }
+}
+
+/// A rank frozen before step 1, or in a validation, is caught by the
+/// watchdog like one frozen in a step.
+#[test]
+fn a_rank_frozen_at_start_up_or_in_validation_ends_the_job() {
+    let run = mpirun2(&args("1212", "40", &["--fault-inject", "1:0:hang", "--collective-timeout", "3"]));
+    eprintln!("rank frozen at start-up: the job ended after {:.2} s (timeout 3 s)", run.elapsed.as_secs_f64());
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output.contains("rank 0: before step 1: waited") && run.output.contains("the start-up check"),
+        "{}",
+        run.output
+    );
+    assert!(run.elapsed >= Duration::from_secs(3) && run.elapsed < Duration::from_secs(30));
+    assert_none_left("1212");
+
+    let digits = format!("mnist:{}/tests/data/digits", env!("CARGO_MANIFEST_DIR"));
+    let extra = ["--data", &digits, "--classes", "10", "--fault-inject", "1:4:val-hang", "--collective-timeout", "3"];
+    let run = mpirun2(&args("1213", "4", &extra));
+    eprintln!("rank frozen in validation: the job ended after {:.2} s (timeout 3 s)", run.elapsed.as_secs_f64());
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output.contains("rank 0: step 4: waited") && run.output.contains("the validation's totals"),
+        "{}",
+        run.output
+    );
+    assert!(run.output.contains("rank(s) 1 (last seen at step 4) never arrived"), "{}", run.output);
+    assert!(run.elapsed < Duration::from_secs(30));
+    assert_none_left("1213");
 }
 
 fn summary(dir: &Path) -> serde_json::Value {
@@ -194,5 +306,77 @@ fn a_crash_between_write_and_rename_leaves_the_last_checkpoint() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("resumed from step 2"));
     assert_eq!(checkpoint::load(&path).unwrap().meta.step, 6);
+    let left = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp."))
+        .count();
+    assert_eq!(left, 0, "the crashed write's temporary was removed at the next start");
+    // At the end already: nothing left to train is refused, not reported as 0 steps.
+    let o = Command::new(BIN).args(base).arg("--resume").output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("is at step 6 and this run ends at step 6: nothing left to train"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A disk that fills up while the records are written (a file-size limit,
+/// set on the running process after MPI's own files exist): summary.json,
+/// written first, survives whole; no temporary is left behind; the error
+/// says which file could not be written.
+#[test]
+fn a_full_disk_keeps_the_summary_and_leaves_no_temporary() {
+    let out = std::env::temp_dir().join(format!("candle-mpi-full-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    // Ignored in the shell, SIGXFSZ stays ignored across exec: writes past the limit fail instead of killing.
+    let mut line = format!("trap '' XFSZ; exec {BIN}");
+    for a in args("1214", "10000", &["--out", out.to_str().unwrap()]) {
+        line.push(' ');
+        line.push_str(&a);
+    }
+    let child = Command::new("bash").args(["-c", &line]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let limit = libc::rlimit { rlim_cur: 16 << 10, rlim_max: 16 << 10 };
+    // SAFETY: sets a resource limit of the child this test started.
+    let set = unsafe { libc::prlimit(child.id() as i32, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit");
+    let o = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the run ended before the limit was set: {e}");
+    assert!(e.contains("cannot write") && e.contains("steps.csv"), "{e}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["steps"], 10000, "the summary is whole");
+    let names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp.")), "temporaries left: {names:?}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Rank 0 writing a checkpoint for longer than the timeout is not taken for
+/// a stuck rank (the others waited for it and ended the job blaming it), and
+/// a timeout below a second is printed as given.
+#[test]
+fn a_slow_checkpoint_is_not_a_stuck_rank() {
+    let dir = std::env::temp_dir().join(format!("candle-mpi-slow-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let extra = [
+        "--checkpoint-dir",
+        d,
+        "--checkpoint-every",
+        "2",
+        "--fault-inject",
+        "0:2:ckpt-slow",
+        "--collective-timeout",
+        "1",
+    ];
+    let run = mpirun2(&args("1215", "4", &extra));
+    common::assert_ok(&run, "a checkpoint 3 s slower than a 1 s timeout");
+    assert!(run.output.contains("writing the step-2 checkpoint 3 s slower"), "{}", run.output);
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = mpirun2(&args("1216", "40", &["--fault-inject", "1:3:hang", "--collective-timeout", "0.5"]));
+    assert!(!run.success && run.output.contains("(--collective-timeout 0.5)"), "{}", run.output);
+    assert_none_left("1216");
 }

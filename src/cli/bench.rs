@@ -66,9 +66,13 @@ pub struct BenchArgs {
     /// Kill a run that takes longer than this, in seconds (recorded as failed)
     #[arg(long, default_value_t = 1800, value_name = "S")]
     run_timeout: u64,
-    /// Directory of the sweep (created; an interrupted sweep there resumes)
+    /// Directory of the sweep (created; an interrupted sweep there resumes
+    /// when its settings are the same)
     #[arg(long, value_name = "DIR")]
     out: std::path::PathBuf,
+    /// Replace the runs an earlier sweep recorded in --out instead of resuming
+    #[arg(long)]
+    fresh: bool,
 }
 
 pub fn exec(args: &BenchArgs) -> anyhow::Result<()> {
@@ -93,6 +97,7 @@ pub fn exec(args: &BenchArgs) -> anyhow::Result<()> {
         ceiling: !args.no_ceiling,
         run_timeout: std::time::Duration::from_secs(args.run_timeout),
         out: args.out.clone(),
+        fresh: args.fresh,
     };
     sweep::run(&cfg)
 }

@@ -98,6 +98,24 @@ impl Control {
         Ok(out)
     }
 
+    /// Collective: every rank's `mine`, agreed. Where every rank succeeded
+    /// each gets its own value; otherwise every rank gets the same error,
+    /// the first failed rank's own message, so that whichever rank ends the
+    /// job prints why.
+    pub fn agree<T>(&self, what: &str, mine: anyhow::Result<T>) -> anyhow::Result<T> {
+        let ok = self.all_gather_u64(u64::from(mine.is_ok()))?;
+        let Some(failed) = ok.iter().position(|&o| o == 0) else { return mine };
+        let mut text = match &mine {
+            Err(e) if self.info().rank == failed => format!("{e:#}").into_bytes(),
+            _ => vec![],
+        };
+        let mut len = (text.len() as u64).to_le_bytes();
+        self.broadcast_bytes(&mut len, failed)?;
+        text.resize(u64::from_le_bytes(len) as usize, 0);
+        self.broadcast_bytes(&mut text, failed)?;
+        anyhow::bail!("{what}: rank {failed} failed: {}", String::from_utf8_lossy(&text))
+    }
+
     /// Ends every rank of the job at once (MPI_Abort): a rank that fails
     /// alone must not leave the others waiting in a collective.
     pub fn abort(&self, code: i32) -> ! {

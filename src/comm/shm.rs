@@ -16,8 +16,9 @@
 //! its next step's inputs while slower ranks still read this step's results,
 //! and the next reduction writes results only after the next step-1 barrier,
 //! which no rank passes before it has finished reading.
-//! The window is created collectively and lives until its last bucket is
-//! dropped; buckets must be dropped before MPI is finalised (the `World`).
+//! The window is created collectively and freed collectively by `free`, at
+//! a point every rank reaches (the clean end of a run); dropped otherwise, it
+//! is left to the end of the process.
 
 use std::ffi::c_void;
 use std::mem::ManuallyDrop;
@@ -32,8 +33,11 @@ use super::control::Control;
 use super::segments::segments;
 use super::wire::WireElem;
 
+/// A window dropped without `free` is left to the end of the process (exit
+/// or MPI_Abort): freeing is collective, and a rank that fails alone must
+/// not wait in it for ranks that are still running.
 pub struct SharedWindow {
-    // Freed by hand in Drop, and only while MPI is still initialised.
+    // Freed by `free` only, while MPI is still initialised.
     comm: ManuallyDrop<SimpleCommunicator>,
     win: ffi::MPI_Win,
     /// Base address of each rank's slot, in rank order.
@@ -175,6 +179,22 @@ impl SharedWindow {
         self.sync();
     }
 
+    /// Collective, at a point every rank reaches: frees the window. The
+    /// caller holds the last reference (buckets share one window).
+    pub fn free(self: Rc<Self>) -> anyhow::Result<()> {
+        let mut window =
+            Rc::try_unwrap(self).map_err(|_| anyhow::anyhow!("shared window freed while buckets still use it"))?;
+        anyhow::ensure!(!mpi::environment::is_finalized(), "shared window freed after MPI was finalised");
+        // SAFETY: valid window and communicator, each freed once (`window` is
+        // consumed here and has no Drop of its own).
+        unsafe {
+            ffi::MPI_Win_unlock_all(window.win);
+            ffi::MPI_Win_free(&mut window.win);
+            ManuallyDrop::drop(&mut window.comm);
+        }
+        Ok(())
+    }
+
     /// Elements `from..from + dst.len()` of a reduced range (`result`, `len` as
     /// given to `all_reduce_sum`), converted to f32; returns how many are not finite.
     pub fn read_result<T: WireElem>(&self, result: usize, len: usize, from: usize, dst: &mut [f32]) -> usize {
@@ -191,22 +211,5 @@ impl SharedWindow {
             i = seg_end;
         }
         nonfinite
-    }
-}
-
-impl Drop for SharedWindow {
-    fn drop(&mut self) {
-        if mpi::environment::is_finalized() || std::thread::panicking() {
-            // After finalisation MPI has released everything; while unwinding,
-            // MPI_Win_free (collective) would wait for ranks that will never come
-            // and the World is about to abort the job.
-            return;
-        }
-        // SAFETY: valid window and communicator, each freed once.
-        unsafe {
-            ffi::MPI_Win_unlock_all(self.win);
-            ffi::MPI_Win_free(&mut self.win);
-            ManuallyDrop::drop(&mut self.comm);
-        }
     }
 }

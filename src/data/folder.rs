@@ -37,8 +37,26 @@ fn sorted_entries(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// The class folders under `root`, sorted by name.
+fn class_folders(dir: &Path, root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let classes: Vec<PathBuf> = sorted_entries(root)?.into_iter().filter(|p| p.is_dir()).collect();
+    anyhow::ensure!(
+        !classes.is_empty(),
+        "--data folder:{}: no class sub-folders in {} (expected one folder of images per class)",
+        dir.display(),
+        root.display()
+    );
+    Ok(classes)
+}
+
+fn folder_name(p: &Path) -> String {
+    p.file_name().unwrap_or_default().to_string_lossy().into_owned()
+}
+
 impl ImageFolder {
-    /// Lists the images of one split. `Test` exists only in the train/ + val/ layout.
+    /// Lists the images of one split. `Test` exists only in the train/ + val/
+    /// layout; its labels are those of the training folders of the same name
+    /// (a validation class the training set lacks is refused).
     pub fn open(dir: &Path, split: Split, seed: u64) -> anyhow::Result<Option<Self>> {
         anyhow::ensure!(dir.is_dir(), "--data folder:{}: no such directory", dir.display());
         let split_layout = dir.join("train").is_dir() && dir.join("val").is_dir();
@@ -48,15 +66,21 @@ impl ImageFolder {
             (Split::Train, false) => dir.to_path_buf(),
             (Split::Test, false) => return Ok(None),
         };
-        let classes: Vec<PathBuf> = sorted_entries(&root)?.into_iter().filter(|p| p.is_dir()).collect();
-        anyhow::ensure!(
-            !classes.is_empty(),
-            "--data folder:{}: no class sub-folders in {} (expected one folder of images per class)",
-            dir.display(),
-            root.display()
-        );
+        let classes = class_folders(dir, &root)?;
+        let class_names: Vec<String> = match split {
+            Split::Train => classes.iter().map(|c| folder_name(c)).collect(),
+            Split::Test => class_folders(dir, &dir.join("train"))?.iter().map(|c| folder_name(c)).collect(),
+        };
         let mut files = vec![];
-        for (label, class) in classes.iter().enumerate() {
+        for class in &classes {
+            let name = folder_name(class);
+            let label = class_names.iter().position(|n| *n == name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--data folder:{}: val/{name} is a class the training set lacks (train/ has {})",
+                    dir.display(),
+                    class_names.join(", ")
+                )
+            })?;
             files.extend(
                 sorted_entries(class)?.into_iter().filter(|p| p.is_file() && is_image(p)).map(|p| (p, label as u32)),
             );
@@ -67,9 +91,18 @@ impl ImageFolder {
             dir.display(),
             root.display()
         );
-        let class_names =
-            classes.iter().map(|c| c.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
         Ok(Some(Self { files, class_names, seed }))
+    }
+
+    /// Reads every file's header (format by content, then dimensions), so
+    /// that a broken image is named before training rather than after it.
+    pub fn check_files(&self, source: &str) -> anyhow::Result<()> {
+        for (path, _) in &self.files {
+            open_image(path)?
+                .into_dimensions()
+                .map_err(|e| anyhow::anyhow!("{source}: cannot read {}: {e}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// Refuses more class folders than the classifier has outputs.
@@ -85,12 +118,11 @@ impl ImageFolder {
 
     /// Decodes image `i`, resizes its shorter side to 8/7 of `size`, crops a
     /// `size` square (at `crop`, or the centre) and writes it as planar RGB in [0, 1].
-    fn load(&self, i: usize, size: usize, augment: Option<&mut Rng>, out: &mut [f32]) -> u32 {
+    fn load(&self, i: usize, size: usize, augment: Option<&mut Rng>, out: &mut [f32]) -> anyhow::Result<u32> {
         let (path, label) = &self.files[i];
-        // A file that cannot be decoded is a broken data set: stop with its name
-        // (the loader thread's panic surfaces as an error in the trainer).
-        let img = image::open(path)
-            .unwrap_or_else(|e| panic!("--data folder: cannot decode {}: {e}", path.display()))
+        let img = open_image(path)?
+            .decode()
+            .map_err(|e| anyhow::anyhow!("--data folder: cannot decode {}: {e}", path.display()))?
             .to_rgb8();
         let (w, h) = img.dimensions();
         let short = (size * 8).div_ceil(7) as f64;
@@ -115,8 +147,15 @@ impl ImageFolder {
                 }
             }
         }
-        *label
+        Ok(*label)
     }
+}
+
+/// An image file opened with its format taken from its content, not its name.
+fn open_image(path: &Path) -> anyhow::Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
+    image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| anyhow::anyhow!("--data folder: cannot read {}: {e}", path.display()))
 }
 
 impl Dataset for ImageFolder {
@@ -126,10 +165,10 @@ impl Dataset for ImageFolder {
     fn channels(&self) -> usize {
         3
     }
-    fn sample(&self, i: usize, size: usize, out: &mut [f32]) -> u32 {
+    fn sample(&self, i: usize, size: usize, out: &mut [f32]) -> anyhow::Result<u32> {
         self.load(i, size, None, out)
     }
-    fn train_sample(&self, i: usize, size: usize, epoch: u64, out: &mut [f32]) -> u32 {
+    fn train_sample(&self, i: usize, size: usize, epoch: u64, out: &mut [f32]) -> anyhow::Result<u32> {
         let mut rng = Rng::keyed(self.seed ^ 0xa0c3_0000_0000_0000 ^ epoch, i as u64);
         self.load(i, size, Some(&mut rng), out)
     }
@@ -165,7 +204,7 @@ mod tests {
         assert_eq!(ds.len(), 4, "the .txt file is not an image");
         assert!(ImageFolder::open(&dir, Split::Test, 0).unwrap().is_none(), "no val/ folder: no test split");
         let mut out = vec![0f32; 3 * 8 * 8];
-        assert_eq!(ds.sample(2, 8, &mut out), 1);
+        assert_eq!(ds.sample(2, 8, &mut out).unwrap(), 1);
         // Green class: the green plane is ~200/255 everywhere (PNG is lossless).
         assert!(out[64..128].iter().all(|&g| (g - 200.0 / 255.0).abs() < 0.02), "{:?}", &out[64..72]);
         ds.check_classes(2, "--data").unwrap();
@@ -179,13 +218,54 @@ mod tests {
         let ds = ImageFolder::open(&dir, Split::Train, 5).unwrap().unwrap();
         let crop = |epoch| {
             let mut out = vec![0f32; 3 * 8 * 8];
-            ds.train_sample(0, 8, epoch, &mut out);
+            ds.train_sample(0, 8, epoch, &mut out).unwrap();
             out
         };
         assert_eq!(crop(3), crop(3), "same epoch and index: same pixels");
         let distinct: std::collections::HashSet<Vec<u32>> =
             (0..16).map(|e| crop(e).iter().map(|v| v.to_bits()).collect()).collect();
         assert!(distinct.len() > 2, "crops and flips vary over epochs ({} distinct of 16)", distinct.len());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// train/ {cat, dog} and val/ folders in another order or with a class
+    /// of their own: labels go by name, and an unknown class is refused.
+    #[test]
+    fn validation_classes_are_matched_by_name() {
+        let dir = std::env::temp_dir().join(format!("candle-mpi-folder-names-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for class in ["train/cat", "train/dog", "val/dog"] {
+            std::fs::create_dir_all(dir.join(class)).unwrap();
+            write_image(&dir.join(class).join("a.png"), 10, 10, [0, 0, 0]);
+        }
+        let val = ImageFolder::open(&dir, Split::Test, 0).unwrap().unwrap();
+        let mut out = vec![0f32; 3 * 4 * 4];
+        assert_eq!(val.sample(0, 4, &mut out).unwrap(), 1, "val/dog is train/dog's class 1, not class 0");
+        std::fs::create_dir_all(dir.join("val/bird")).unwrap();
+        write_image(&dir.join("val/bird/b.png"), 10, 10, [0, 0, 0]);
+        let e = ImageFolder::open(&dir, Split::Test, 0).err().unwrap().to_string();
+        assert!(e.contains("val/bird is a class the training set lacks (train/ has cat, dog)"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Files are decoded by content, a broken one is an error naming it
+    /// (it was a panic), and the check before training finds it.
+    #[test]
+    fn broken_images_are_errors_that_name_the_file() {
+        let dir = tiny_set("broken");
+        // A PNG under a .jpg name decodes: the content decides the format.
+        write_image(&dir.join("dog").join("c.jpg"), 9, 9, [1, 2, 3]);
+        std::fs::copy(dir.join("dog").join("a.png"), dir.join("dog").join("c.jpg")).unwrap();
+        std::fs::write(dir.join("cat").join("z.png"), b"this is not a png at all").unwrap();
+        let ds = ImageFolder::open(&dir, Split::Train, 0).unwrap().unwrap();
+        let broken = ds.files.iter().position(|(p, _)| p.ends_with("z.png")).unwrap();
+        let renamed = ds.files.iter().position(|(p, _)| p.ends_with("c.jpg")).unwrap();
+        let mut out = vec![0f32; 3 * 8 * 8];
+        assert_eq!(ds.sample(renamed, 8, &mut out).unwrap(), 1);
+        let e = ds.sample(broken, 8, &mut out).unwrap_err().to_string();
+        assert!(e.contains("z.png"), "{e}");
+        let e = ds.check_files("--data folder:x").unwrap_err().to_string();
+        assert!(e.contains("--data folder:x") && e.contains("z.png"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -32,7 +32,7 @@ pub struct Plan {
 }
 
 pub struct Loader {
-    rx: Receiver<HostBatch>,
+    rx: Receiver<anyhow::Result<HostBatch>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -50,10 +50,12 @@ impl Loader {
                         order = shard(ds.len(), epoch as u64, plan.seed, plan.rank, plan.world, true);
                     }
                     let at = (step % plan.steps_per_epoch) * plan.batch;
-                    let (pixels, labels) =
-                        stack(ds.as_ref(), &order[at..at + plan.batch], plan.size, Some(epoch as u64));
-                    if tx.send(HostBatch { pixels, labels }).is_err() {
-                        return; // the trainer stopped early
+                    let batch = stack(ds.as_ref(), &order[at..at + plan.batch], plan.size, Some(epoch as u64))
+                        .map(|(pixels, labels)| HostBatch { pixels, labels })
+                        .map_err(|e| e.context(format!("the batch of step {}", step + 1)));
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        return; // the trainer stopped early, or will stop on this error
                     }
                 }
             })
@@ -65,7 +67,7 @@ impl Loader {
     pub fn next(&self) -> anyhow::Result<HostBatch> {
         self.rx.recv().map_err(|_| {
             anyhow::anyhow!("the data loader thread stopped before the last step (did it panic? see above)")
-        })
+        })?
     }
 }
 
@@ -94,8 +96,10 @@ mod tests {
         for step in 3..9 {
             let b = loader.next().unwrap();
             let order = shard(40, (step / 5) as u64, 3, 1, 2, true);
-            let want: Vec<u32> =
-                order[(step % 5) * 4..(step % 5) * 4 + 4].iter().map(|&i| ds.sample(i, 2, &mut [0.0; 12])).collect();
+            let want: Vec<u32> = order[(step % 5) * 4..(step % 5) * 4 + 4]
+                .iter()
+                .map(|&i| ds.sample(i, 2, &mut [0.0; 12]).unwrap())
+                .collect();
             assert_eq!(b.labels, want, "step {step}");
             assert_eq!(b.pixels.len(), 4 * 12);
         }

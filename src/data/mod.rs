@@ -60,11 +60,12 @@ pub trait Dataset: Send + Sync {
         self.len() == 0
     }
     fn channels(&self) -> usize;
-    /// Writes sample `i` into `out` (channels * size * size values) and returns its label.
-    fn sample(&self, i: usize, size: usize, out: &mut [f32]) -> u32;
+    /// Writes sample `i` into `out` (channels * size * size values) and
+    /// returns its label, or an error naming what could not be read.
+    fn sample(&self, i: usize, size: usize, out: &mut [f32]) -> anyhow::Result<u32>;
     /// Sample `i` as training sees it in `epoch`: augmented where the data set
     /// augments (a pure function of seed, epoch and index), else as `sample`.
-    fn train_sample(&self, i: usize, size: usize, _epoch: u64, out: &mut [f32]) -> u32 {
+    fn train_sample(&self, i: usize, size: usize, _epoch: u64, out: &mut [f32]) -> anyhow::Result<u32> {
         self.sample(i, size, out)
     }
 }
@@ -83,12 +84,12 @@ impl Dataset for Synthetic {
     fn channels(&self) -> usize {
         3
     }
-    fn sample(&self, i: usize, _size: usize, out: &mut [f32]) -> u32 {
+    fn sample(&self, i: usize, _size: usize, out: &mut [f32]) -> anyhow::Result<u32> {
         let mut rng = Rng::keyed(self.seed, 0xda7a_0000_0000 ^ i as u64);
         for v in out.iter_mut() {
             *v = rng.normal() as f32;
         }
-        rng.below(self.classes as u64) as u32
+        Ok(rng.below(self.classes as u64) as u32)
     }
 }
 
@@ -100,7 +101,7 @@ impl Dataset for LabelledImages {
         self.channels
     }
     /// Pixels / 255, resized by nearest neighbour when `size` differs.
-    fn sample(&self, i: usize, size: usize, out: &mut [f32]) -> u32 {
+    fn sample(&self, i: usize, size: usize, out: &mut [f32]) -> anyhow::Result<u32> {
         let (c, h, w) = (self.channels, self.height, self.width);
         let img = &self.images[i * c * h * w..(i + 1) * c * h * w];
         for ch in 0..c {
@@ -111,13 +112,18 @@ impl Dataset for LabelledImages {
                 }
             }
         }
-        self.labels[i] as u32
+        Ok(self.labels[i] as u32)
     }
 }
 
 /// Samples `indices` of `ds` stacked on the host: pixels (N, C, size, size)
 /// and labels; as training sees them in `epoch` when it is given.
-pub fn stack(ds: &dyn Dataset, indices: &[usize], size: usize, epoch: Option<u64>) -> (Vec<f32>, Vec<u32>) {
+pub fn stack(
+    ds: &dyn Dataset,
+    indices: &[usize],
+    size: usize,
+    epoch: Option<u64>,
+) -> anyhow::Result<(Vec<f32>, Vec<u32>)> {
     let per = ds.channels() * size * size;
     let mut pixels = vec![0f32; indices.len() * per];
     let labels = indices
@@ -130,19 +136,14 @@ pub fn stack(ds: &dyn Dataset, indices: &[usize], size: usize, epoch: Option<u64
                 None => ds.sample(i, size, out),
             }
         })
-        .collect();
-    (pixels, labels)
+        .collect::<anyhow::Result<_>>()?;
+    Ok((pixels, labels))
 }
 
 /// Samples `indices` of `ds` as an (N, C, size, size) tensor and labels on `device`.
-pub fn batch(
-    ds: &dyn Dataset,
-    indices: &[usize],
-    size: usize,
-    device: &Device,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let (pixels, labels) = stack(ds, indices, size, None);
-    to_tensors(pixels, labels, ds.channels(), size, device)
+pub fn batch(ds: &dyn Dataset, indices: &[usize], size: usize, device: &Device) -> anyhow::Result<(Tensor, Tensor)> {
+    let (pixels, labels) = stack(ds, indices, size, None)?;
+    Ok(to_tensors(pixels, labels, ds.channels(), size, device)?)
 }
 
 /// Host pixels and labels as tensors on `device`.
@@ -218,6 +219,13 @@ pub fn load_mnist(dir: &Path, split: Split) -> anyhow::Result<LabelledImages> {
         "{}: images must have 3 dimensions (N, H, W), found {:?}",
         images_path.display(),
         images.dims
+    );
+    anyhow::ensure!(
+        images.dims[1] >= 1 && images.dims[2] >= 1,
+        "{}: images of {}x{} pixels; an image needs at least one",
+        images_path.display(),
+        images.dims[1],
+        images.dims[2]
     );
     anyhow::ensure!(
         labels.dims.len() == 1,

@@ -33,7 +33,11 @@ pub fn open(
         }
         DataSpec::Folder(dir) => match ImageFolder::open(dir, split, seed)? {
             Some(d) => {
-                d.check_classes(classes, &format!("--data folder:{}", dir.display()))?;
+                let source = format!("--data folder:{}", dir.display());
+                d.check_classes(classes, &source)?;
+                if split == Split::Test {
+                    d.check_files(&source)?;
+                }
                 Arc::new(d)
             }
             None => return Ok(None),

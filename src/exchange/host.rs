@@ -118,6 +118,18 @@ impl WireBucket {
         self.len == 0
     }
 
+    /// Collective, at a point every rank reaches: frees the shared window
+    /// behind `buckets` (one window serves all buckets of one `allocate`).
+    /// Buckets merely dropped leave it to the end of the process.
+    pub fn release(buckets: Vec<WireBucket>) -> anyhow::Result<()> {
+        let window = buckets.iter().find_map(|b| match &b.place {
+            Place::Shared { window, .. } => Some(window.clone()),
+            Place::Local(_) => None,
+        });
+        drop(buckets);
+        window.map_or(Ok(()), SharedWindow::free)
+    }
+
     /// True when the bucket lives in shared memory.
     pub fn is_shared(&self) -> bool {
         matches!(self.place, Place::Shared { .. })

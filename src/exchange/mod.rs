@@ -117,6 +117,15 @@ impl GradExchange {
         Ok(Self { names, vars, plan, placement })
     }
 
+    /// Collective, at the clean end of a run on every rank: frees the
+    /// buckets' shared window (dropped instead, it is left to the process's end).
+    pub fn release(self) -> anyhow::Result<()> {
+        match self.placement {
+            Placement::Host(buckets) => WireBucket::release(buckets),
+            Placement::Device(_) => Ok(()),
+        }
+    }
+
     /// Parameter names in exchange order.
     pub fn names(&self) -> &[String] {
         &self.names

@@ -35,12 +35,24 @@ pub struct Rank {
 /// GPU.
 pub fn start_rank(kind: DeviceKind) -> anyhow::Result<Rank> {
     let control = Control::new(World::init()?);
-    let device = device::select(kind, control.info());
-    let ready = control.all_gather_u64(u64::from(device.is_ok()))?;
-    let device = device?;
-    if let Some(r) = ready.iter().position(|&ok| ok == 0) {
-        anyhow::bail!("--device {}: rank {r} could not open its device (its error says why)", kind.name());
-    }
+    let device = control.agree(&format!("--device {}", kind.name()), device::select(kind, control.info()))?;
     let nccl = cuda::nccl_for(&device, &control)?;
     Ok(Rank { comm: Comm::new(control, nccl), device })
+}
+
+impl Rank {
+    /// This rank's `result`, unless it is an error on one rank of several:
+    /// then the error is printed as `rank R: error: ...` and the whole job
+    /// ends at once (MPI_Abort), since the other ranks would wait for this
+    /// one in their next collective. Call it while what the work allocated
+    /// collectively is still alive, and before the rank itself is dropped.
+    pub fn or_abort<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        match result {
+            Err(e) if self.comm.info().size > 1 => {
+                eprintln!("rank {}: error: {e:#}", self.comm.info().rank);
+                self.comm.control().abort(1)
+            }
+            r => r,
+        }
+    }
 }

@@ -40,6 +40,14 @@ pub fn default_threads() -> usize {
     (host_cores() / local_processes()).min(available_cores()).max(1)
 }
 
+/// Compute threads a core may be given (oversubscribed, for experiments).
+const THREADS_PER_CORE: usize = 4;
+
+/// The most `--threads` accepts.
+fn max_threads() -> usize {
+    host_cores() * THREADS_PER_CORE
+}
+
 static CONFIGURED: OnceLock<usize> = OnceLock::new();
 
 /// Holds this process to `threads` compute threads (rayon's global pool and
@@ -50,6 +58,11 @@ pub fn configure(threads: Option<usize>) -> anyhow::Result<usize> {
         Some(0) => anyhow::bail!(
             "--threads 0: need at least 1 thread (default: cores / processes on this host = {})",
             default_threads()
+        ),
+        Some(n) if n > max_threads() => anyhow::bail!(
+            "--threads {n}: at most {} on this host ({} cores, {THREADS_PER_CORE} threads a core): more only wait for a core",
+            max_threads(),
+            host_cores()
         ),
         Some(n) => n,
         None => default_threads(),

@@ -62,6 +62,11 @@ impl Sgd {
         Ok(Self { params, momentum_buffers, cfg })
     }
 
+    /// The settings it updates with.
+    pub fn config(&self) -> SgdConfig {
+        self.cfg
+    }
+
     /// The momentum buffers by parameter name (None before a parameter's first step).
     pub fn momentum(&self) -> Vec<(String, Option<Tensor>)> {
         self.params.iter().map(|(n, _)| n.clone()).zip(self.momentum_buffers.iter().cloned()).collect()

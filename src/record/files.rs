@@ -40,7 +40,11 @@ pub fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(value: &T, 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let name = path.file_name().ok_or_else(|| anyhow::anyhow!("{} is not a file name", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        // A full disk leaves no half-written temporary behind.
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!("cannot write {}: {e}", tmp.display());
+    }
     std::fs::rename(&tmp, path)
         .map_err(|e| anyhow::anyhow!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
     Ok(())

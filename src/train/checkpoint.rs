@@ -1,8 +1,9 @@
 //! Checkpoints: one safetensors file with every variable (parameters and
 //! batch-norm buffers, under torchvision's names, prefixed `model/`), SGD's
 //! momentum (`momentum/`), and metadata saying what network and step they
-//! belong to. Written to a temporary name and renamed, so a crash leaves the
-//! previous checkpoint whole. `write_run` and `resume_run` save and restore a
+//! belong to, with a checksum of every tensor's values that loading checks.
+//! Written to a temporary name and renamed, so a crash leaves the previous
+//! checkpoint whole. `write_run` and `resume_run` save and restore a
 //! whole run (model, optimizer, step) for the trainer.
 
 use std::collections::HashMap;
@@ -76,6 +77,24 @@ impl CheckpointMeta {
     }
 }
 
+/// FNV-1a over the bits of every value of `named`, in name order: what the
+/// metadata's `checksum` holds, so that flipped bytes are refused on load.
+fn checksum(named: &[(String, Tensor)]) -> anyhow::Result<String> {
+    let mut order: Vec<&(String, Tensor)> = named.iter().collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = crate::rng::Fnv1a::default();
+    for (name, t) in order {
+        for b in name.bytes() {
+            h.add(u64::from(b));
+        }
+        let values: Vec<f32> = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+        for v in values {
+            h.add(u64::from(v.to_bits()));
+        }
+    }
+    Ok(format!("{:016x}", h.finish()))
+}
+
 /// Writes `model` and `momentum` tensors (by name) with `meta` to `path`, atomically.
 pub fn save(
     path: &Path,
@@ -104,12 +123,21 @@ fn save_then(
     }
     let name = path.file_name().ok_or_else(|| anyhow::anyhow!("{} is not a file name", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
-    safetensors::serialize_to_file(named.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.to_map()), &tmp)
-        .map_err(|e| anyhow::anyhow!("cannot write checkpoint {}: {e}", tmp.display()))?;
-    // On disk before it takes the old one's name, so a power cut cannot leave a torn file.
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| anyhow::anyhow!("cannot sync checkpoint {}: {e}", tmp.display()))?;
+    let mut metadata = meta.to_map();
+    metadata.insert("checksum".to_string(), checksum(&named)?);
+    let written = safetensors::serialize_to_file(named.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), &tmp)
+        .map_err(|e| anyhow::anyhow!("cannot write checkpoint {}: {e}", tmp.display()))
+        // On disk before it takes the old one's name, so a power cut cannot leave a torn file.
+        .and_then(|()| {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| anyhow::anyhow!("cannot sync checkpoint {}: {e}", tmp.display()))
+        });
+    if let Err(e) = written {
+        // A full disk leaves no half-written temporary behind (the previous checkpoint stays).
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     before_rename();
     std::fs::rename(&tmp, path)
         .map_err(|e| anyhow::anyhow!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
@@ -132,6 +160,16 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     let meta = CheckpointMeta::from_map(header.metadata().as_ref().ok_or_else(|| bad(&"no metadata"))?)
         .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}", path.display()))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| bad(&e))?;
+    // Files written before checksums existed have none to check.
+    if let Some(want) = header.metadata().as_ref().and_then(|m| m.get("checksum")) {
+        let named: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+        let got = checksum(&named)?;
+        anyhow::ensure!(
+            &got == want,
+            "checkpoint {} is damaged: its tensors' checksum is {got}, the file says {want} (bytes changed after it was written)",
+            path.display()
+        );
+    }
     let (mut model, mut momentum) = (HashMap::new(), HashMap::new());
     for (name, t) in tensors {
         if let Some(n) = name.strip_prefix("model/") {
@@ -179,7 +217,8 @@ pub fn write_run(path: &Path, run: &RunState, sgd: &Sgd, step: usize, crash_befo
 
 /// Rank 0 reads the checkpoint into the model and the optimizer; the model then
 /// travels with the start-up broadcast, momentum and step go out here. A
-/// failure on rank 0 stops every rank (they would otherwise wait in a broadcast).
+/// failure on rank 0 stops every rank with rank 0's message (they would
+/// otherwise wait in a broadcast).
 pub fn resume_run(
     path: &Path,
     model: ModelKind,
@@ -189,14 +228,8 @@ pub fn resume_run(
     control: &Control,
 ) -> anyhow::Result<usize> {
     let rank0 = control.info().rank == 0;
-    let loaded = if rank0 { Some(load_into(path, model, model_cfg, store, sgd)) } else { None };
-    let ok = control.all_gather_u64(u64::from(loaded.as_ref().is_none_or(|r| r.is_ok())))?[0] == 1;
-    let step = match loaded {
-        Some(Err(e)) => return Err(e),
-        Some(Ok(step)) => step,
-        None if !ok => anyhow::bail!("rank 0 could not resume from the checkpoint (its error says why)"),
-        None => 0,
-    };
+    let loaded = if rank0 { load_into(path, model, model_cfg, store, sgd) } else { Ok(0) };
+    let step = control.agree("resuming from the checkpoint", loaded)?;
     // Momentum: which buffers exist, then their values.
     let mut has: Vec<f32> = sgd.momentum().iter().map(|(_, b)| if b.is_some() { 1.0 } else { 0.0 }).collect();
     control.broadcast_f32(&mut has, 0)?;
@@ -245,7 +278,9 @@ fn load_into(
     for (name, var) in &vars {
         var.set(&loaded.model[name].to_device(var.device())?.to_dtype(var.dtype())?)?;
     }
-    for (i, (name, var)) in store.trainable_sorted().iter().enumerate() {
+    let trainable = store.trainable_sorted();
+    check_momentum(path, &loaded, &trainable, sgd.config().momentum > 0.0)?;
+    for (i, (name, var)) in trainable.iter().enumerate() {
         let buffer = match loaded.momentum.get(name) {
             Some(b) => Some(b.to_device(var.device())?.to_dtype(var.dtype())?),
             None => None,
@@ -253,4 +288,36 @@ fn load_into(
         sgd.set_momentum(i, buffer);
     }
     Ok(loaded.meta.step)
+}
+
+/// The momentum buffers of a checkpoint against the parameters they belong
+/// to: one per parameter of its shape after a step with momentum, none for
+/// a name the network lacks.
+fn check_momentum(
+    path: &Path,
+    loaded: &Loaded,
+    trainable: &[(String, candle_core::Var)],
+    momentum: bool,
+) -> anyhow::Result<()> {
+    let at = |what: String| anyhow::anyhow!("--resume {}: {what}", path.display());
+    for name in loaded.momentum.keys() {
+        if !trainable.iter().any(|(n, _)| n == name) {
+            return Err(at(format!("momentum/{name} belongs to no parameter of this network")));
+        }
+    }
+    for (name, var) in trainable {
+        match loaded.momentum.get(name) {
+            Some(b) if b.shape() != var.shape() => {
+                return Err(at(format!("momentum/{name} has shape {:?}, its parameter {:?}", b.dims(), var.dims())));
+            }
+            None if momentum && loaded.meta.step > 0 => {
+                return Err(at(format!(
+                    "the checkpoint lacks momentum/{name}, which SGD with momentum needs after step {}",
+                    loaded.meta.step
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

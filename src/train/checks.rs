@@ -38,7 +38,8 @@ impl Run<'_> {
         }
         if rank == 0 && cfg.checkpoint_every.is_some_and(|k| k > 0 && (step + 1).is_multiple_of(k)) {
             let crash = fault::hits(cfg.fault, FaultKind::CkptKill, 0, step + 1);
-            self.write_checkpoint(step + 1, crash)?;
+            let slow = fault::hits(cfg.fault, FaultKind::CkptSlow, 0, step + 1);
+            self.write_checkpoint(step + 1, crash, slow)?;
         }
         if step == self.first_step {
             self.tally.after_first = Instant::now();
@@ -62,15 +63,19 @@ impl Run<'_> {
     }
 
     /// Rank 0 writes the run's checkpoint after `steps` steps, timed.
-    pub fn write_checkpoint(&mut self, steps: usize, crash_before_rename: bool) -> anyhow::Result<()> {
+    /// `crash_before_rename` and `slow` are the ckpt-kill and ckpt-slow test aids.
+    pub fn write_checkpoint(&mut self, steps: usize, crash_before_rename: bool, slow: bool) -> anyhow::Result<()> {
         let started = Instant::now();
-        checkpoint::write_run(
-            &checkpoint::run_path(self.cfg.checkpoint_dir.as_deref())?,
-            &self.checkpoint,
-            &self.sgd,
-            steps,
-            crash_before_rename,
-        )?;
+        let path = checkpoint::run_path(self.cfg.checkpoint_dir.as_deref())?;
+        // The other ranks wait for this one at the next collective: the watchdog excuses it.
+        self.watchdog.writing_checkpoint(true);
+        if slow {
+            eprintln!("rank 0: fault injection: writing the step-{steps} checkpoint 3 s slower");
+            std::thread::sleep(std::time::Duration::from_secs(3));
+        }
+        let written = checkpoint::write_run(&path, &self.checkpoint, &self.sgd, steps, crash_before_rename);
+        self.watchdog.writing_checkpoint(false);
+        written?;
         self.tally.checkpoint_s += started.elapsed().as_secs_f64();
         Ok(())
     }

@@ -24,25 +24,28 @@ impl Run<'_> {
         let (cfg, info) = (self.cfg, self.info.clone());
         let run_steps = self.total_steps.saturating_sub(self.first_step);
         if info.rank == 0 && cfg.checkpoint_dir.is_some() && run_steps > 0 {
-            self.write_checkpoint(self.total_steps, false)?;
+            self.write_checkpoint(self.total_steps, false, false)?;
         }
         let t = &self.tally;
         let seconds = t.after_first.elapsed().as_secs_f64() - t.mid_val_s - (t.checkpoint_s - t.checkpoint_s_first);
-        let validation = self.validate()?;
+        let validation = self.validate(self.total_steps)?;
         if let Some(v) = validation {
             self.tally.val_history.push((self.total_steps / self.steps_per_epoch, v.top1));
         }
-        self.watchdog.enter(self.total_steps, "gathering the step records");
-        let records = steps::gather(&self.tally.records, self.comm.control())?;
-        self.watchdog.leave();
+        let (control, last) = (self.comm.control(), self.total_steps);
+        let mine = &self.tally.records;
+        let records = self.watchdog.watch(last, "gathering the step records", || steps::gather(mine, control))?;
         let times = step_stats(&records, info.size, cfg.warmup_steps);
         let global_batch = cfg.batch_size * info.size;
         let images_per_s = global_batch as f64 / times.step_s_median.max(1e-12);
-        let control = self.comm.control();
-        let peak_rss_mib = control.all_gather_f64(peak_rss_mib())?;
-        let gpu_mem_peak_mib =
-            if self.device.is_cuda() { Some(control.all_gather_f64(self.tally.gpu_peak_mib)?) } else { None };
-        Ok(TrainSummary {
+        let memory = "gathering the memory figures";
+        let peak_rss_mib = self.watchdog.watch(last, memory, || control.all_gather_f64(peak_rss_mib()))?;
+        let gpu_peak = self.tally.gpu_peak_mib;
+        let gpu_mem_peak_mib = match self.device.is_cuda() {
+            true => Some(self.watchdog.watch(last, memory, || control.all_gather_f64(gpu_peak))?),
+            false => None,
+        };
+        let summary = TrainSummary {
             model: cfg.model,
             device: if self.device.is_cuda() { "cuda" } else { "cpu" },
             world_size: info.size,
@@ -69,6 +72,10 @@ impl Run<'_> {
             val_images: validation.map_or(0, |v| v.images),
             val_history: std::mem::take(&mut self.tally.val_history),
             records,
-        })
+        };
+        // Every rank is here: the shared windows are freed together.
+        self.exchange.release()?;
+        self.watchdog.release()?;
+        Ok(summary)
     }
 }

@@ -7,23 +7,52 @@ use super::config::TrainConfig;
 use crate::comm::Control;
 use crate::exchange::bucket_layout;
 
-/// Collective: before any gradient travels, every rank compares what it is
-/// about to run with rank 0 (a hash per field) and all stop, naming the ranks
-/// and fields that differ: ranks that disagree on the network, the bucket
-/// layout or the flags would otherwise exchange mismatched buffers.
-pub(super) fn handshake(cfg: &TrainConfig, params: &[(String, Var)], control: &Control) -> anyhow::Result<()> {
-    // 52 bits of each field's hash travel exactly in an f64.
-    let hash = |text: String| (crate::rng::hash_str(&text) & ((1 << 52) - 1)) as f64;
+/// What every rank must agree on, each named by the flag that sets it: a
+/// difference in any of them would make ranks run different collectives or
+/// exchange mismatched buffers. The build's parameter shapes and bucket
+/// layout come last, to catch different builds of the same command.
+fn fields(cfg: &TrainConfig, params: &[(String, Var)], data: &str) -> Vec<(&'static str, String)> {
     let shapes: String = params.iter().map(|(n, v)| format!("{n}{:?};", v.dims())).collect();
-    let fields: [(&str, String); 6] = [
-        ("network", format!("{} {} classes {} px", cfg.model, cfg.classes, cfg.image_size)),
+    vec![
+        ("--model", cfg.model.to_string()),
+        ("--classes", cfg.classes.to_string()),
+        ("--image-size", cfg.image_size.to_string()),
+        ("--batch-size/--global-batch", cfg.batch_size.to_string()),
+        ("--epochs", cfg.epochs.to_string()),
+        ("--steps", format!("{:?}", cfg.steps)),
+        ("--lr/--lr-schedule/--warmup-epochs/--scale-lr", format!("{:?}", cfg.lr)),
+        ("--momentum/--nesterov/--weight-decay", format!("{:?}", cfg.sgd)),
+        ("--grad-dtype", format!("{:?}", cfg.grad_dtype)),
+        ("--bucket-mb", cfg.bucket_bytes.to_string()),
+        ("--transport", format!("{:?}", cfg.transport)),
+        ("--seed", cfg.seed.to_string()),
+        ("--data/--synthetic-size", data.to_string()),
+        ("--dropout", format!("{:?}", cfg.dropout)),
+        ("--verify-sync", format!("{:?}", cfg.verify_sync)),
+        ("--resume", cfg.resume.to_string()),
+        ("--checkpoint-every", format!("{:?}", cfg.checkpoint_every)),
+        ("--val-every", format!("{:?}", cfg.val_every)),
+        ("--warmup-steps", cfg.warmup_steps.to_string()),
+        ("--max-skips", cfg.max_skips.to_string()),
         ("parameter shapes", shapes),
-        ("gradient dtype", format!("{:?}", cfg.grad_dtype)),
         ("bucket layout", bucket_layout(params, cfg.bucket_bytes, cfg.grad_dtype)),
-        ("batch and steps", format!("{} {:?} {}", cfg.batch_size, cfg.steps, cfg.epochs)),
-        ("optimizer and seed", format!("{:?} {:?} {}", cfg.lr, cfg.sgd, cfg.seed)),
-    ];
-    let mine: Vec<f64> = fields.iter().map(|(_, v)| hash(v.clone())).collect();
+    ]
+}
+
+/// Collective, the first of a run: every rank compares what it is about to
+/// run with rank 0 (a hash per field) and all stop, naming the ranks and the
+/// flags that differ. `data` describes this rank's data set (paths may differ
+/// between hosts; kind, sizes and channels may not).
+pub(super) fn handshake(
+    cfg: &TrainConfig,
+    params: &[(String, Var)],
+    data: &str,
+    control: &Control,
+) -> anyhow::Result<()> {
+    // 52 bits of each field's hash travel exactly in an f64.
+    let hash = |text: &str| (crate::rng::hash_str(text) & ((1 << 52) - 1)) as f64;
+    let fields = fields(cfg, params, data);
+    let mine: Vec<f64> = fields.iter().map(|(_, v)| hash(v)).collect();
     let all = control.all_gather_f64s(&mine)?;
     let n = fields.len();
     let mut differ = vec![];

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::checkpoint;
 use super::config::TrainConfig;
 use super::fault;
 use super::progress::{self, Progress};
@@ -17,6 +18,32 @@ use crate::record::summary::TrainSummary;
 
 /// The files `train --out` writes.
 const RECORD_FILES: [&str; 3] = ["config.json", "steps.csv", "summary.json"];
+
+/// The longest `--collective-timeout`: a day.
+const MAX_TIMEOUT_S: f64 = 86_400.0;
+
+/// A number as a person typed it: 1e300 rather than its 301 digits.
+fn short(v: f64) -> String {
+    if v.abs() >= 1e6 {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Removes what an interrupted write of an earlier run left in `dir`:
+/// temporary files (`.NAME.tmp.PID`) of a process that no longer exists.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.rsplit_once(".tmp.").and_then(|(_, pid)| pid.parse::<u32>().ok()) else { continue };
+        if name.starts_with('.') && !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("removing {}, left by an interrupted write (process {pid})", entry.path().display());
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
 
 /// A training as the command line asks for it: the run's settings (with
 /// the batch per rank and the learning rate as given), the settings that
@@ -44,13 +71,24 @@ impl Launch {
     fn check(&self) -> anyhow::Result<()> {
         let c = &self.config;
         c.model.check(&ModelConfig { dropout: c.dropout, ..ModelConfig::new(c.classes, c.image_size) })?;
-        anyhow::ensure!(self.bucket_mb > 0.0, "--bucket-mb {}: must be above 0", self.bucket_mb);
-        anyhow::ensure!(c.lr.base > 0.0, "--lr {}: must be above 0", c.lr.base);
         anyhow::ensure!(
-            self.collective_timeout_s >= 0.0 && self.collective_timeout_s.is_finite(),
-            "--collective-timeout {}: give seconds, 0 or more (0 waits for ever)",
-            self.collective_timeout_s
+            self.bucket_mb > 0.0 && self.bucket_mb.is_finite(),
+            "--bucket-mb {}: must be above 0",
+            self.bucket_mb
         );
+        anyhow::ensure!(c.lr.base > 0.0 && c.lr.base.is_finite(), "--lr {}: must be a number above 0", c.lr.base);
+        anyhow::ensure!(
+            (0.0..=MAX_TIMEOUT_S).contains(&self.collective_timeout_s),
+            "--collective-timeout {}: give seconds from 0 to {MAX_TIMEOUT_S} (a day; 0 waits for ever)",
+            short(self.collective_timeout_s)
+        );
+        anyhow::ensure!(c.steps != Some(0), "--steps 0: give 1 or more steps, or leave it out to train --epochs");
+        anyhow::ensure!(c.epochs >= 1, "--epochs 0: give 1 or more epochs");
+        for (flag, value) in
+            [("--val-every", c.val_every), ("--checkpoint-every", c.checkpoint_every), ("--verify-sync", c.verify_sync)]
+        {
+            anyhow::ensure!(value != Some(0), "{flag} 0: give 1 or more, or leave the flag out");
+        }
         if let Some(dir) = &self.out {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("--out {}: cannot create the directory: {e}", dir.display()))?;
@@ -72,6 +110,18 @@ impl Launch {
         if let Some(dir) = &c.checkpoint_dir {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("--checkpoint-dir {}: cannot create the directory: {e}", dir.display()))?;
+            check_writable_dir(dir, "--checkpoint-dir")?;
+            let file = dir.join(checkpoint::FILE_NAME);
+            anyhow::ensure!(
+                !file.is_dir(),
+                "--checkpoint-dir {}: {} is a directory, where the checkpoint file goes",
+                dir.display(),
+                file.display()
+            );
+            remove_stale_temporaries(dir);
+        }
+        if let Some(dir) = &self.out {
+            remove_stale_temporaries(dir);
         }
         Ok(())
     }
@@ -81,7 +131,12 @@ impl Launch {
         let mut cfg = self.config.clone();
         if let Some(g) = self.global_batch {
             anyhow::ensure!(
-                g % info.size == 0 && g >= info.size,
+                g >= info.size,
+                "--global-batch {g}: fewer images than the {} rank(s) of this run; give at least one image per rank",
+                info.size
+            );
+            anyhow::ensure!(
+                g % info.size == 0,
                 "--global-batch {g} does not divide by the {} rank(s) of this run; use a multiple of {}",
                 info.size,
                 info.size
@@ -102,7 +157,7 @@ pub fn launch(launch: &Launch) -> anyhow::Result<()> {
     launch.check()?;
     let rank = start_rank(launch.device)?;
     let info = rank.comm.info().clone();
-    let cfg = launch.resolve(&info)?;
+    let cfg = rank.or_abort(launch.resolve(&info))?;
     let lead = info.rank == 0;
     if lead {
         println!(
@@ -120,26 +175,18 @@ pub fn launch(launch: &Launch) -> anyhow::Result<()> {
     let result =
         run(&cfg, &rank.comm, &rank.device, |step, total, loss, skipped| progress.step(step, total, loss, skipped));
     progress.finish();
-    let summary = match result {
-        Ok(s) => s,
-        // One rank's error leaves the others waiting in a collective: end them all.
-        Err(e) if info.size > 1 => {
-            eprintln!("rank {}: error: {e:#}", info.rank);
-            rank.comm.control().abort(1)
-        }
-        Err(e) => return Err(e),
-    };
+    let summary = rank.or_abort(result)?;
     if lead {
         progress::print_summary(&summary);
         if let Some(dir) = &launch.out {
-            write_records(dir, &launch.args, &info, &summary)?;
+            rank.or_abort(write_records(dir, &launch.args, &info, &summary))?;
             println!("records written to {}: config.json, steps.csv, summary.json", dir.display());
         }
     }
     Ok(())
 }
 
-/// config.json, steps.csv and summary.json, each written whole or not at all.
+/// summary.json, steps.csv and config.json, each written whole or not at all.
 fn write_records(dir: &Path, args: &serde_json::Value, info: &WorldInfo, s: &TrainSummary) -> anyhow::Result<()> {
     let config = serde_json::json!({
         "args": args,
@@ -149,8 +196,9 @@ fn write_records(dir: &Path, args: &serde_json::Value, info: &WorldInfo, s: &Tra
         "host_cores": threads::host_cores(),
         "version": env!("CARGO_PKG_VERSION"),
     });
-    write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
-    write_atomic(&dir.join("steps.csv"), crate::record::steps::to_csv(&s.records).as_bytes())?;
+    // The summary first: on a disk that fills up, the figures a report reads survive.
     write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(s)?.as_bytes())?;
+    write_atomic(&dir.join("steps.csv"), crate::record::steps::to_csv(&s.records).as_bytes())?;
+    write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Var};
 
 use super::checkpoint::{self, RunState};
 use super::config::TrainConfig;
+use super::fault;
 use super::handshake::handshake;
 use super::watchdog::Watchdog;
 use crate::comm::{Comm, WorldInfo};
@@ -79,14 +80,26 @@ impl Tally {
     }
 }
 
-impl<'a> Run<'a> {
-    /// Collective: everything before step 1, in the same order on every rank.
-    pub fn prepare(cfg: &'a TrainConfig, comm: &'a Comm, device: &'a Device) -> anyhow::Result<Self> {
+/// What a rank builds on its own before any collective: the data, the
+/// network from the seed, its optimizer and the run's length.
+struct Local {
+    train_data: Arc<dyn Dataset>,
+    test_data: Option<Arc<dyn Dataset>>,
+    model_cfg: ModelConfig,
+    store: ParamStore,
+    net: Box<dyn Network>,
+    params: Vec<(String, Var)>,
+    sgd: Sgd,
+    steps_per_epoch: usize,
+    total_steps: usize,
+}
+
+impl Local {
+    fn build(cfg: &TrainConfig, info: &WorldInfo, device: &Device) -> anyhow::Result<Self> {
         anyhow::ensure!(cfg.batch_size >= 1, "--batch-size {}: need at least 1 image per rank", cfg.batch_size);
-        let info = comm.info().clone();
-        let control = comm.control();
         let open = |split| data::source::open(&cfg.data, split, cfg.classes, cfg.seed, cfg.synthetic_len);
         let train_data = open(Split::Train)?.expect("every data source has a training split");
+        let test_data = open(Split::Test)?;
         let model_cfg = ModelConfig {
             in_channels: train_data.channels(),
             dropout: cfg.dropout,
@@ -95,24 +108,7 @@ impl<'a> Run<'a> {
         let store = ParamStore::new(cfg.seed);
         let net = cfg.model.build(&model_cfg, store.var_builder(DType::F32, device))?;
         let params = store.trainable_sorted();
-        let mut sgd = Sgd::new(params.clone(), cfg.sgd)?;
-        let first_step = if cfg.resume {
-            checkpoint::resume_run(
-                &checkpoint::run_path(cfg.checkpoint_dir.as_deref())?,
-                cfg.model,
-                &model_cfg,
-                &store,
-                &mut sgd,
-                control,
-            )?
-        } else {
-            0
-        };
-        broadcast_from_rank0(&store, comm, false)?;
-        handshake(cfg, &params, control)?;
-        let checkpoint = RunState { model: cfg.model, model_cfg, store, config: serde_json::to_string(cfg)? };
-        let exchange = GradExchange::new(&params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport)?;
-        let watchdog = Watchdog::start(control, cfg.collective_timeout)?;
+        let sgd = Sgd::new(params.clone(), cfg.sgd)?;
         let per_rank = train_data.len() / info.size;
         let steps_per_epoch = per_rank / cfg.batch_size;
         anyhow::ensure!(
@@ -122,7 +118,80 @@ impl<'a> Run<'a> {
             info.size,
             per_rank
         );
-        let total_steps = cfg.steps.unwrap_or(steps_per_epoch * cfg.epochs.max(1));
+        let total_steps = cfg.steps.unwrap_or(steps_per_epoch * cfg.epochs);
+        // A one-step run reports its only step; longer runs time what follows the warm-up.
+        anyhow::ensure!(
+            cfg.warmup_steps <= 1 || cfg.warmup_steps < total_steps,
+            "--warmup-steps {}: the run has {total_steps} step(s); leave at least one step after the warm-up to time",
+            cfg.warmup_steps
+        );
+        Ok(Self { train_data, test_data, model_cfg, store, net, params, sgd, steps_per_epoch, total_steps })
+    }
+
+    /// What every rank must agree on about its data: kind, samples, channels.
+    fn data_text(&self, cfg: &TrainConfig) -> String {
+        let kind = cfg.data.to_string();
+        let kind = kind.split(':').next().unwrap_or_default();
+        let test = self.test_data.as_ref().map_or(0, |t| t.len());
+        format!(
+            "{kind}: {} training samples of {} channels, {test} test samples",
+            self.train_data.len(),
+            self.train_data.channels()
+        )
+    }
+}
+
+impl<'a> Run<'a> {
+    /// Collective: everything before step 1, in the same order on every
+    /// rank, each collective watched: first what a rank builds alone, then the
+    /// start-up check, the resumed checkpoint, rank 0's weights, the
+    /// exchange's buckets and the watchdog's counters.
+    pub fn prepare(cfg: &'a TrainConfig, comm: &'a Comm, device: &'a Device) -> anyhow::Result<Self> {
+        let info = comm.info().clone();
+        let control = comm.control();
+        let mut watchdog = Watchdog::start(&info, cfg.collective_timeout);
+        let mut local = Local::build(cfg, &info, device)?;
+        let data_text = local.data_text(cfg);
+        fault::strike_process(cfg.fault, info.rank, 0)?;
+        watchdog.watch(0, "the start-up check", || handshake(cfg, &local.params, &data_text, control))?;
+        let first_step = if cfg.resume {
+            let path = checkpoint::run_path(cfg.checkpoint_dir.as_deref())?;
+            let (model, model_cfg, store, sgd) = (cfg.model, &local.model_cfg, &local.store, &mut local.sgd);
+            let step = watchdog.watch(0, "resuming (rank 0 reads the checkpoint)", || {
+                checkpoint::resume_run(&path, model, model_cfg, store, sgd, control)
+            })?;
+            anyhow::ensure!(
+                step < local.total_steps,
+                "--resume: the checkpoint in {} is at step {step} and this run ends at step {}: nothing left to train \
+                 (ask for more --steps or --epochs)",
+                path.display(),
+                local.total_steps
+            );
+            step
+        } else {
+            0
+        };
+        watchdog.watch(0, "the broadcast of rank 0's weights", || broadcast_from_rank0(&local.store, comm, false))?;
+        let exchange = watchdog.watch(0, "allocating the exchange's buckets", || {
+            GradExchange::new(&local.params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport)
+        })?;
+        watchdog.share_progress(control)?;
+        Self::assemble(cfg, comm, device, info, local, first_step, watchdog, exchange)
+    }
+
+    /// The run from its parts, the loader started at `first_step`.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        cfg: &'a TrainConfig,
+        comm: &'a Comm,
+        device: &'a Device,
+        info: WorldInfo,
+        local: Local,
+        first_step: usize,
+        watchdog: Watchdog,
+        exchange: GradExchange,
+    ) -> anyhow::Result<Self> {
+        let Local { train_data, test_data, model_cfg, store, net, params, sgd, steps_per_epoch, total_steps } = local;
         let channels = train_data.channels();
         let plan = Plan {
             first_step,
@@ -135,8 +204,7 @@ impl<'a> Run<'a> {
             world: info.size,
         };
         let loader = Loader::spawn(train_data, plan);
-        let test_data = open(Split::Test)?;
-        let tally = Tally::new(total_steps.saturating_sub(first_step));
+        let checkpoint = RunState { model: cfg.model, model_cfg, store, config: serde_json::to_string(cfg)? };
         Ok(Self {
             cfg,
             comm,
@@ -154,7 +222,7 @@ impl<'a> Run<'a> {
             first_step,
             total_steps,
             steps_per_epoch,
-            tally,
+            tally: Tally::new(total_steps - first_step),
             last_loss: f32::NAN,
         })
     }

@@ -46,7 +46,7 @@ impl Run<'_> {
         let (cfg, rank) = (self.cfg, self.info.rank);
         let started = Instant::now();
         let host = self.loader.next()?;
-        fault::strike_process(cfg.fault, rank, step + 1);
+        fault::strike_process(cfg.fault, rank, step + 1)?;
         let data_ready = Instant::now();
         let mut grads = self.forward_backward(host, step)?;
         let computed = Instant::now();

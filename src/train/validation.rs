@@ -7,8 +7,9 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 
 use super::config::TrainConfig;
+use super::fault::{self, FaultKind};
 use super::setup::{broadcast_from_rank0, Run};
-use crate::comm::Control;
+use crate::comm::WorldInfo;
 use crate::data::sampler::shard;
 use crate::data::{batch, Dataset};
 use crate::model::Network;
@@ -22,16 +23,15 @@ pub(super) struct Validation {
     pub images: usize,
 }
 
-/// Loss, top-1 and top-5 on the test split, each rank on its shard; every
-/// rank gets the totals. Top-5 is top-k with k = min(5, classes).
-fn evaluate(
+/// This rank's sums over its shard of the test split: loss, top-1 hits,
+/// top-5 hits (top-k with k = min(5, classes)), and the shard's size.
+fn evaluate_shard(
     net: &dyn Network,
     cfg: &TrainConfig,
     ds: &dyn Dataset,
-    control: &Control,
+    info: &WorldInfo,
     device: &Device,
-) -> anyhow::Result<Validation> {
-    let info = control.info();
+) -> anyhow::Result<[f64; 4]> {
     let mine = shard(ds.len(), 0, cfg.seed, info.rank, info.size, false);
     let k = cfg.classes.min(5);
     let (mut loss_sum, mut top1, mut top5) = (0f64, 0u64, 0u64);
@@ -50,24 +50,38 @@ fn evaluate(
             top5 += u64::from(above < k);
         }
     }
-    let seen = (mine.len() * info.size).max(1) as f64;
-    let sums = control.all_gather_f64s(&[loss_sum, top1 as f64, top5 as f64])?;
-    let total = |i: usize| sums.chunks(3).map(|c| c[i]).sum::<f64>();
-    Ok(Validation {
-        loss: total(0) / seen,
-        top1: total(1) / seen,
-        top5: total(2) / seen,
-        images: mine.len() * info.size,
-    })
+    Ok([loss_sum, top1 as f64, top5 as f64, mine.len() as f64])
 }
 
 impl Run<'_> {
-    /// Collective: validates with rank 0's batch-norm statistics; None for
-    /// data without a test split.
-    pub fn validate(&self) -> anyhow::Result<Option<Validation>> {
-        let Some(test) = &self.test_data else { return Ok(None) };
-        broadcast_from_rank0(&self.checkpoint.store, self.comm, true)?;
-        Ok(Some(evaluate(self.net.as_ref(), self.cfg, test.as_ref(), self.comm.control(), self.device)?))
+    /// Collective: validates with rank 0's batch-norm statistics after step
+    /// `step`; None for data without a test split, and for a test split
+    /// smaller than the ranks (every shard empty: said on rank 0).
+    pub fn validate(&mut self, step: usize) -> anyhow::Result<Option<Validation>> {
+        let Some(test) = self.test_data.clone() else { return Ok(None) };
+        let (comm, store) = (self.comm, &self.checkpoint.store);
+        self.watchdog.watch(step, "the broadcast of rank 0's batch-norm statistics", || {
+            broadcast_from_rank0(store, comm, true)
+        })?;
+        if fault::hits(self.cfg.fault, FaultKind::ValHang, self.info.rank, step) {
+            fault::hang_in_validation(self.info.rank, step);
+        }
+        let mine = evaluate_shard(self.net.as_ref(), self.cfg, test.as_ref(), &self.info, self.device)?;
+        let sums = self.watchdog.watch(step, "the validation's totals", || comm.control().all_gather_f64s(&mine))?;
+        let total = |i: usize| sums.chunks(4).map(|c| c[i]).sum::<f64>();
+        let images = total(3) as usize;
+        if images == 0 {
+            if self.info.rank == 0 {
+                eprintln!(
+                    "validation skipped: the test split's {} image(s) leave no whole share for each of {} ranks",
+                    test.len(),
+                    self.info.size
+                );
+            }
+            return Ok(None);
+        }
+        let seen = images as f64;
+        Ok(Some(Validation { loss: total(0) / seen, top1: total(1) / seen, top5: total(2) / seen, images }))
     }
 
     /// Collective: after the last step of an epoch that `--val-every`
@@ -78,7 +92,7 @@ impl Run<'_> {
         let epoch_end = (step + 1).is_multiple_of(self.steps_per_epoch) && step + 1 < self.total_steps;
         if epoch_end && self.cfg.val_every.is_some_and(|k| k > 0 && epochs_done.is_multiple_of(k)) {
             let started = Instant::now();
-            if let Some(v) = self.validate()? {
+            if let Some(v) = self.validate(step + 1)? {
                 self.tally.val_history.push((epochs_done, v.top1));
             }
             self.tally.mid_val_s += started.elapsed().as_secs_f64();

@@ -21,7 +21,13 @@ pub struct AllreduceConfig {
 
 impl AllreduceConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.min_bytes >= 1, "--min-bytes {}: must be at least 1", self.min_bytes);
+        let elem = self.dtype.size();
+        anyhow::ensure!(
+            self.min_bytes >= elem,
+            "--min-bytes {}: smaller than one {} element ({elem} bytes); give {elem} or more",
+            self.min_bytes,
+            self.dtype.name()
+        );
         anyhow::ensure!(
             self.max_bytes >= self.min_bytes,
             "--max-bytes {} is below --min-bytes {}",

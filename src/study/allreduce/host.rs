@@ -58,11 +58,13 @@ fn run_size(comm: &Comm, cfg: &AllreduceConfig, bytes: usize) -> anyhow::Result<
     }
 
     let transport = if bucket.is_shared() { "shared-memory" } else { "messages" };
+    // Every rank is here: the window is freed together.
+    WireBucket::release(vec![bucket])?;
     Ok(AllreduceRow {
         exchange_us,
         mpi_f32_us,
         memcpy_us,
-        ..AllreduceRow::timed(bytes, count, cfg.dtype, n, transport, time, wrong)
+        ..AllreduceRow::timed(count * cfg.dtype.size(), count, cfg.dtype, n, transport, time, wrong)
     })
 }
 

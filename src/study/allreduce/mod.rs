@@ -64,7 +64,7 @@ pub fn run_command(cfg: &AllreduceConfig, backend: Backend, json: Option<&Path>)
             println!("{}", table::format_row(row));
         }
     };
-    let rows = match backend {
+    let rows = rank.or_abort(match backend {
         Backend::Mpi => {
             let transport = match (cfg.transport, info.size > 1 && info.local_size == info.size) {
                 (Transport::Auto, true) => "MPI, shared memory (every rank on this host)",
@@ -72,18 +72,18 @@ pub fn run_command(cfg: &AllreduceConfig, backend: Backend, json: Option<&Path>)
                 _ => "MPI messages (all-to-all + all-gather)",
             };
             print_header(lead, &info, cfg, transport);
-            host::run(&rank.comm, cfg, print_row)?
+            host::run(&rank.comm, cfg, print_row)
         }
         Backend::Nccl => {
             print_header(lead, &info, cfg, "NCCL, device buffers (one GPU per rank)");
-            nccl::run(&rank.comm, cfg, print_row)?
+            nccl::run(&rank.comm, cfg, print_row)
         }
-    };
+    })?;
     if lead {
         println!("# Out of bounds values : {}", rows.iter().filter_map(|r| r.wrong).sum::<usize>());
         println!("# Avg bus bandwidth    : {:.3} GB/s", table::average_busbw(&rows));
         if let Some(path) = json {
-            write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+            rank.or_abort(write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes()))?;
             println!("# rows written to {}", path.display());
         }
     }

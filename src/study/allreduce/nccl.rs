@@ -61,5 +61,5 @@ where
     } else {
         None
     };
-    Ok(AllreduceRow::timed(bytes, count, cfg.dtype, n, "nccl", time, wrong))
+    Ok(AllreduceRow::timed(count * cfg.dtype.size(), count, cfg.dtype, n, "nccl", time, wrong))
 }

@@ -28,7 +28,9 @@ pub struct AllreduceRow {
 }
 
 impl AllreduceRow {
-    /// A row from the mean time of one all-reduce of `bytes` on `ranks` ranks.
+    /// A row from the mean time of one all-reduce of `bytes` (`count` whole
+    /// elements: a size asked for that is not a whole number of them is
+    /// labelled with the bytes reduced) on `ranks` ranks.
     pub(super) fn timed(
         bytes: usize,
         count: usize,

@@ -6,23 +6,43 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::interrupt;
 use super::plan::{launcher_words, BenchConfig};
 use crate::host::bind::BindMode;
 use crate::host::threads;
 use crate::record::files::write_atomic;
 use crate::record::sweep::{RunKind, RunRecord, RunSpec};
 
-/// Waits for `child` until `deadline`, killing it (and its process group) past it.
+/// Signals the process group `child` leads (mpirun and its ranks, or one
+/// ceiling process).
+fn signal_group(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill(2) on our own child's process group.
+    unsafe {
+        libc::kill(-(child.id() as i32), signal);
+    }
+}
+
+/// Waits for `child` until `deadline`, killing it (and its process group)
+/// past it; on Ctrl-C or SIGTERM, passes SIGINT to the group, gives it five
+/// seconds to end, then kills it.
 fn wait_until(child: &mut Child, deadline: Instant) -> anyhow::Result<bool> {
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(status.success());
         }
-        if Instant::now() > deadline {
-            // SAFETY: kill(2) on our own child's process group.
-            unsafe {
-                libc::kill(-(child.id() as i32), libc::SIGKILL);
+        if let Some(signal) = interrupt::received() {
+            signal_group(child, libc::SIGINT);
+            let grace = Instant::now() + Duration::from_secs(5);
+            while child.try_wait()?.is_none() && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(50));
             }
+            signal_group(child, libc::SIGKILL);
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("interrupted by {signal}: the run's processes were stopped");
+        }
+        if Instant::now() > deadline {
+            signal_group(child, libc::SIGKILL);
             let _ = child.kill();
             let _ = child.wait();
             anyhow::bail!("killed after the run timeout");
@@ -131,6 +151,12 @@ pub fn execute(cfg: &BenchConfig, spec: &RunSpec) -> anyhow::Result<RunRecord> {
         };
         for log in &outcome.logs {
             msg.push_str(&tail(log, 12));
+        }
+        // mpirun reports a rank the kernel killed, which cannot say why itself.
+        if msg.contains("signal 9") && !msg.contains("fault injection") {
+            msg.push_str(
+                "\n(a rank died of SIGKILL with no message of its own: most likely the kernel's out-of-memory killer)",
+            );
         }
         msg
     });

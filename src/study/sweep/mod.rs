@@ -12,6 +12,7 @@
 //! is asked to do and the runs it makes of it, `launch.rs` how one run is
 //! carried out.
 
+mod interrupt;
 mod launch;
 mod plan;
 
@@ -45,6 +46,11 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.out)
         .map_err(|e| anyhow::anyhow!("--out {}: cannot create the directory: {e}", cfg.out.display()))?;
     check_writable_dir(&cfg.out, "--out")?;
+    if cfg.fresh {
+        let _ = std::fs::remove_dir_all(cfg.out.join("runs"));
+    }
+    check_settings(cfg)?;
+    interrupt::install();
     let machine = machine::detect();
     write_atomic(&cfg.out.join("machine.json"), serde_json::to_string_pretty(&machine)?.as_bytes())?;
     let plan = cfg.plan();
@@ -76,6 +82,13 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<()> {
     for spec in &todo {
         bar.set_message(spec.name());
         let rec = execute(cfg, spec)?;
+        if let Some(signal) = interrupt::received() {
+            bar.finish_and_clear();
+            anyhow::bail!(
+                "interrupted by {signal} during {}, recorded as interrupted; the runs before it are kept, and the same command resumes",
+                spec.name()
+            );
+        }
         let line = if rec.ok {
             format!("{:<40} done in {:.1} s", spec.name(), rec.wall_s)
         } else {
@@ -106,4 +119,38 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<()> {
         "{failed} run(s) failed (see above and runs/*/run.json); the others are recorded, and running the same command again retries only the failed ones"
     );
     Ok(())
+}
+
+/// What sweep.json says the runs under `out` were made with, against this
+/// sweep's settings: recorded runs are resumed only when every setting that
+/// shapes them is the same; otherwise the sweep is refused, naming the
+/// differences. A first sweep writes the file.
+fn check_settings(cfg: &BenchConfig) -> anyhow::Result<()> {
+    let path = cfg.out.join("sweep.json");
+    let mine: serde_json::Map<String, serde_json::Value> =
+        cfg.settings().into_iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v))).collect();
+    let has_runs = std::fs::read_dir(cfg.out.join("runs")).is_ok_and(|mut d| d.next().is_some());
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let theirs: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: not a sweep's settings: {e}", path.display()))?;
+            let differ: Vec<String> = mine
+                .iter()
+                .filter(|(k, v)| theirs.get(*k) != Some(v))
+                .map(|(k, v)| format!("{k} {} -> {}", theirs.get(k).and_then(|t| t.as_str()).unwrap_or("(none)"), v.as_str().unwrap_or("")))
+                .collect();
+            anyhow::ensure!(
+                differ.is_empty() || !has_runs,
+                "--out {}: holds runs of a sweep with other settings ({}); choose another --out, or pass --fresh to replace them",
+                cfg.out.display(),
+                differ.join(", ")
+            );
+        }
+        Err(_) if has_runs => anyhow::bail!(
+            "--out {}: holds runs of a sweep that recorded no settings (no sweep.json); choose another --out, or pass --fresh to replace them",
+            cfg.out.display()
+        ),
+        Err(_) => {}
+    }
+    write_atomic(&path, serde_json::to_string_pretty(&mine)?.as_bytes())
 }

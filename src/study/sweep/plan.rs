@@ -33,6 +33,8 @@ pub struct BenchConfig {
     pub ceiling: bool,
     pub run_timeout: Duration,
     pub out: PathBuf,
+    /// Replace what an earlier sweep recorded in `out` instead of resuming it.
+    pub fresh: bool,
 }
 
 impl BenchConfig {
@@ -43,6 +45,10 @@ impl BenchConfig {
             !self.workers.is_empty() && self.workers.iter().all(|&n| n >= 1),
             "--workers {:?}: give worker counts of 1 or more",
             self.workers
+        );
+        anyhow::ensure!(
+            self.run_timeout > Duration::ZERO,
+            "--run-timeout 0: give seconds above 0 (every run would be killed)"
         );
         anyhow::ensure!(self.repeat >= 1, "--repeat {}: must be at least 1", self.repeat);
         anyhow::ensure!(self.steps >= 1, "--steps {}: must be at least 1", self.steps);
@@ -58,6 +64,10 @@ impl BenchConfig {
                 );
             }
         }
+        let mut counts = self.workers.clone();
+        counts.sort_unstable();
+        counts.dedup();
+        anyhow::ensure!(counts.len() == self.workers.len(), "--workers {:?}: each worker count once", self.workers);
         launcher_words(&self.launcher, 1)?;
         let program = self.launcher.split_whitespace().next().unwrap_or_default();
         anyhow::ensure!(
@@ -70,6 +80,27 @@ impl BenchConfig {
             m.check(&ModelConfig::new(self.classes, size))?;
         }
         Ok(())
+    }
+
+    /// Every setting that shapes a run, by flag: what a sweep's runs must
+    /// share to be reported together (sweep.json keeps them).
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        vec![
+            ("--mode", format!("{:?}", self.mode).to_lowercase()),
+            ("--batch-size", self.batch_size.to_string()),
+            ("--global-batch", opt(self.global_batch.map(|g| g.to_string()))),
+            ("--image-size", opt(self.image_size.map(|s| s.to_string()))),
+            ("--classes", self.classes.to_string()),
+            ("--steps", self.steps.to_string()),
+            ("--warmup", self.warmup.to_string()),
+            ("--device", format!("{:?}", self.device).to_lowercase()),
+            ("--grad-dtype", format!("{:?}", self.grad_dtype).to_lowercase()),
+            ("--bind", format!("{:?}", self.bind).to_lowercase()),
+            ("--launcher", self.launcher.clone()),
+            ("--hostfile", opt(self.hostfile.as_ref().map(|h| h.display().to_string()))),
+            ("--data", self.data.clone()),
+        ]
     }
 
     pub fn plan(&self) -> Vec<RunSpec> {
