@@ -110,3 +110,17 @@ fn json_output_is_never_overwritten() {
     assert_eq!(std::fs::read_to_string(&json).unwrap(), "keep me");
     std::fs::remove_file(&json).unwrap();
 }
+
+/// A size that is not a whole number of elements is labelled with the bytes
+/// reduced (1025 bytes of f16 are 512 elements: 1024 bytes), not the size asked.
+#[test]
+fn odd_sizes_are_labelled_with_the_bytes_reduced() {
+    let json = temp_json("odd");
+    let args =
+        ["allreduce", "--min-bytes", "1025", "--max-bytes", "1025", "--iters", "2", "--json", json.to_str().unwrap()];
+    let run = common::mpirun(2, BIN, &args, TIMEOUT);
+    common::assert_ok(&run, "allreduce of 1025 bytes");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!((rows[0]["bytes"].as_u64(), rows[0]["count"].as_u64()), (Some(1024), Some(512)), "{rows:?}");
+    std::fs::remove_file(&json).unwrap();
+}

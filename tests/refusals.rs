@@ -49,6 +49,12 @@ fn every_zero_that_meant_never() {
 }
 
 #[test]
+fn a_global_batch_below_one_image_per_rank() {
+    let e = refused(&["train", "--model", "small", "--image-size", "8", "--steps", "1", "--global-batch", "0"]);
+    assert!(e.contains("--global-batch 0: fewer images than the 1 rank(s) of this run"), "{e}");
+}
+
+#[test]
 fn warmup_that_leaves_nothing_to_time() {
     let e = train(&["--steps", "3", "--warmup-steps", "3"]);
     assert!(e.contains("--warmup-steps 3: the run has 3 step(s)"), "{e}");

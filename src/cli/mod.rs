@@ -118,7 +118,10 @@ enum Command {
     ///
     /// A failed run is recorded with its stderr tail and the sweep goes on; running
     /// the same command again skips the runs already recorded as done, so an
-    /// interrupted sweep resumes. Then run `candle-mpi report OUT`.
+    /// interrupted sweep resumes, provided every setting that shapes a run is the
+    /// same (OUT/sweep.json keeps them; --fresh replaces runs made otherwise).
+    /// Ctrl-C stops the run under way with its processes, recorded as interrupted.
+    /// Then run `candle-mpi report OUT`.
     ///
     /// Weak scaling (--mode weak, default) keeps --batch-size per worker; strong
     /// scaling (--mode strong) splits --global-batch over the workers.
