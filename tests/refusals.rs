@@ -114,3 +114,20 @@ fn allreduce_size_below_one_element() {
     let e = refused(&["allreduce", "--min-bytes", "1", "--max-bytes", "1"]);
     assert!(e.contains("--min-bytes 1: smaller than one f16 element (2 bytes)"), "{e}");
 }
+
+/// A run whose parameters alone cannot fit in the memory the host has left
+/// is refused before it allocates its way into the out-of-memory killer.
+#[test]
+fn a_network_that_cannot_fit_is_refused_at_start() {
+    let o = Command::new(BIN)
+        .args(["train", "--model", "small", "--image-size", "8", "--steps", "1"])
+        .env("CANDLE_MPI_MEM_AVAILABLE_MIB", "0.1")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert!(
+        e.contains("--model small: each of the 1 rank(s) on this host needs at least") && e.contains("0 MiB available"),
+        "{e}"
+    );
+}

@@ -108,6 +108,7 @@ impl Local {
         let store = ParamStore::new(cfg.seed);
         let net = cfg.model.build(&model_cfg, store.var_builder(DType::F32, device))?;
         let params = store.trainable_sorted();
+        crate::host::memory::check_room(&format!("--model {}", cfg.model), store.parameter_count(), info.local_size)?;
         let sgd = Sgd::new(params.clone(), cfg.sgd)?;
         let per_rank = train_data.len() / info.size;
         let steps_per_epoch = per_rank / cfg.batch_size;
