@@ -121,7 +121,7 @@ fn allreduce_size_below_one_element() {
 fn a_network_that_cannot_fit_is_refused_at_start() {
     let o = Command::new(BIN)
         .args(["train", "--model", "small", "--image-size", "8", "--steps", "1"])
-        .env("CANDLE_MPI_MEM_AVAILABLE_MIB", "0.1")
+        .env("CANDLE_MPI_MEM_AVAILABLE_MIB", "0.01")
         .output()
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
