@@ -155,6 +155,10 @@ fn col2im(cols: &[f32], d: &Dims, images: Range<usize>, dx: &mut [f32]) {
                 let src = &cols[((ci * k + ki) * k + kj) * width + j * oh * ow..][..oh * ow];
                 let lo = padding.saturating_sub(kj).div_ceil(stride).min(ow);
                 let hi = ((w + padding).saturating_sub(kj)).div_ceil(stride).clamp(lo, ow);
+                if lo == hi {
+                    // This kernel column reads only padding (its first input column would lie before 0).
+                    continue;
+                }
                 for y in 0..oh {
                     let iy = (y * stride + ki) as isize - padding as isize;
                     if iy < 0 || iy >= h as isize {
@@ -179,10 +183,16 @@ fn col2im(cols: &[f32], d: &Dims, images: Range<usize>, dx: &mut [f32]) {
     });
 }
 
-/// The column matrix of a group: the image itself for a pointwise
-/// convolution of one image, else im2col into `buf`.
+/// True where a group's column matrix is the image itself: a pointwise
+/// convolution of a group of one image.
+fn is_the_image(d: &Dims, images: &Range<usize>) -> bool {
+    d.pointwise() && images.len() == 1
+}
+
+/// The column matrix of a group: the image itself (see `is_the_image`),
+/// else im2col into `buf`.
 fn columns<'a>(x: &'a [f32], d: &Dims, images: &Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
-    if d.pointwise() && images.len() == 1 {
+    if is_the_image(d, images) {
         &x[images.start * d.c * d.hw()..][..d.c * d.hw()]
     } else {
         im2col(x, d, images.clone(), buf);
@@ -194,8 +204,10 @@ fn columns<'a>(x: &'a [f32], d: &Dims, images: &Range<usize>, buf: &'a mut Vec<f
 /// cols for backward instead of backward computing them again.
 const KEEP_COLS_UP_TO: usize = 4 << 20;
 
-/// The column matrices forward kept, one per group.
-type KeptCols = Vec<Vec<f32>>;
+/// The column matrices forward kept, one per group; None for a group whose
+/// columns are the image itself (a pointwise layer's last group can be one
+/// image where the others are several).
+type KeptCols = Vec<Option<Vec<f32>>>;
 
 /// y (N, OC, OH, OW) = conv(x, weight) + bias, and the groups' column
 /// matrices when they are small enough to keep (and not the input itself).
@@ -223,7 +235,8 @@ fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims) -> (Vec<f3
             }
         }
         if let Some(kept) = kept.as_mut() {
-            kept.push(std::mem::take(&mut buf)); // the next group gets a new buffer
+            // The next group gets a new buffer.
+            kept.push((!is_the_image(d, &images)).then(|| std::mem::take(&mut buf)));
         }
     }
     if let Some(bias) = bias {
@@ -277,8 +290,8 @@ fn backward(
             &dy_cols
         };
         let dyv = View::rows(dy_group, oc, width);
-        let cols = match &kept {
-            Some(kept) => &kept[i],
+        let cols = match kept.as_ref().and_then(|k| k[i].as_deref()) {
+            Some(kept) => kept,
             None => columns(x, d, &images, &mut cols),
         };
         let colsv = View::rows(cols, ckk, width);
@@ -291,7 +304,7 @@ fn backward(
             continue;
         }
         let dx_group = &mut dx[images.start * chw..images.end * chw];
-        if d.pointwise() && images.len() == 1 {
+        if is_the_image(d, &images) {
             matmul(dx_group, d.hw(), false, wt, dyv);
         } else {
             dcols.resize(ckk * width, 0.0);
@@ -595,6 +608,104 @@ mod tests {
             let rhs: f64 = x[3 * 7 * 6..].iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
             assert!((lhs - rhs).abs() <= 1e-5 * lhs.abs().max(1.0), "{g:?}: {lhs} vs {rhs}");
         }
+    }
+
+    /// The convolution by its definition, in f64: output and the gradients
+    /// of x, the weight and the bias for the loss sum(y * dy). (candle's own
+    /// conv2d backward refuses some of these geometries: strides that leave
+    /// input rows unread.)
+    fn reference(d: &Dims, x: &[f32], w: &[f32], b: &[f32], dy: &[f32]) -> [Vec<f32>; 4] {
+        let Geometry { kernel: k, stride, padding } = d.g;
+        let (mut y, mut dx, mut dw, mut db) =
+            (vec![0f64; d.n * d.oc * d.ohw()], vec![0f64; x.len()], vec![0f64; w.len()], vec![0f64; d.oc]);
+        for n in 0..d.n {
+            for o in 0..d.oc {
+                for (oy, ox) in (0..d.oh).flat_map(|a| (0..d.ow).map(move |b| (a, b))) {
+                    let at = ((n * d.oc + o) * d.oh + oy) * d.ow + ox;
+                    let mut acc = f64::from(b[o]);
+                    for (c, ki, kj) in (0..d.c).flat_map(|c| (0..k).flat_map(move |i| (0..k).map(move |j| (c, i, j)))) {
+                        let (iy, ix) = (
+                            (oy * stride + ki) as isize - padding as isize,
+                            (ox * stride + kj) as isize - padding as isize,
+                        );
+                        if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize {
+                            continue;
+                        }
+                        let xi = ((n * d.c + c) * d.h + iy as usize) * d.w + ix as usize;
+                        let wi = ((o * d.c + c) * k + ki) * k + kj;
+                        acc += f64::from(x[xi]) * f64::from(w[wi]);
+                        dx[xi] += f64::from(w[wi]) * f64::from(dy[at]);
+                        dw[wi] += f64::from(x[xi]) * f64::from(dy[at]);
+                    }
+                    y[at] = acc;
+                    db[o] += f64::from(dy[at]);
+                }
+            }
+        }
+        let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+        [f(y), f(dx), f(dw), f(db)]
+    }
+
+    /// Every layer geometry a network can meet, generated, against the
+    /// definition: kernels 1/3/5/7/11, strides 1/2/4, padding 0-3, outputs from
+    /// 1x1 to both sides of the one-image-group threshold (15, 16 and 17
+    /// pixels a side around 256 pixels), batches that split into uneven
+    /// groups (a last group of one image: a pointwise layer's columns are the
+    /// image itself there, which the kept columns once got wrong at 160 px),
+    /// channel counts that take the weight gradient both ways; forward, the
+    /// three gradients, with the columns kept and computed again.
+    #[test]
+    fn matches_the_definition_over_generated_geometries() {
+        let mut cases = 0;
+        for kernel in [1usize, 3, 5, 7, 11] {
+            for stride in [1usize, 2, 4] {
+                for padding in 0..=3usize {
+                    for out in [1usize, 2, 5, 15, 16, 17] {
+                        let Some(side) = ((out - 1) * stride + kernel).checked_sub(2 * padding).filter(|&s| s >= 1)
+                        else {
+                            continue;
+                        };
+                        let g = Geometry { kernel, stride, padding };
+                        // The group size for this output, plus one: the last group holds one image.
+                        let uneven = (MIN_GROUP_COLUMNS.div_ceil(out * out) + 1).min(9);
+                        for (n, c, oc) in [(1, 2, 3), (uneven, 2, 3), (2, 1, 12)] {
+                            let d = Dims { n, c, h: side, w: side + 1, oc, oh: out, ow: g.out_len(side + 1), g };
+                            if d.ow == 0 || side + 1 + 2 * padding < kernel {
+                                continue;
+                            }
+                            check_geometry(&d);
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(cases > 500, "{cases} geometries");
+    }
+
+    fn check_geometry(d: &Dims) {
+        let x = pseudo(d.n * d.c * d.hw(), 1);
+        let w = pseudo(d.oc * d.ckk(), 2);
+        let b = pseudo(d.oc, 3);
+        let (y, kept) = forward(&x, &w, Some(&b), d);
+        let dy = pseudo(y.len(), 4);
+        let [ry, rdx, rdw, rdb] = reference(d, &x, &w, &b, &dy);
+        let close = |a: &[f32], e: &[f32], what: &str| {
+            assert_eq!(a.len(), e.len(), "{what} {d:?}");
+            let scale = e.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let worst = a.iter().zip(e).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+            assert!(worst <= 2e-5 * scale, "{what} {d:?}: off by {worst} of {scale}");
+        };
+        close(&y, &ry, "output");
+        let wanted = Wanted { dx: true, db: true };
+        let recomputed = backward(&x, &w, &dy, d, wanted, None);
+        let with_kept = backward(&x, &w, &dy, d, wanted, kept);
+        for (dx, dw, db) in [&recomputed, &with_kept] {
+            close(dx, &rdx, "input gradient");
+            close(dw, &rdw, "weight gradient");
+            close(db.as_ref().unwrap(), &rdb, "bias gradient");
+        }
+        assert_eq!(recomputed, with_kept, "kept and recomputed columns, {d:?}");
     }
 
     /// Backward gives the same bits whether forward kept the column matrices
