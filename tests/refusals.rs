@@ -131,3 +131,28 @@ fn a_network_that_cannot_fit_is_refused_at_start() {
         "{e}"
     );
 }
+
+#[test]
+fn eval_without_a_validation_split_or_weights() {
+    let e = refused(&["eval", "--model", "small", "--init-from", "/no/such.safetensors", "--data", "synthetic"]);
+    assert!(e.contains("--data synthetic: has no validation split"), "{e}");
+    let digits = format!("mnist:{}/tests/data/digits", env!("CARGO_MANIFEST_DIR"));
+    let e = refused(&[
+        "eval",
+        "--model",
+        "small",
+        "--classes",
+        "10",
+        "--image-size",
+        "8",
+        "--init-from",
+        "/no/such.safetensors",
+        "--data",
+        &digits,
+    ]);
+    assert!(e.contains("--init-from /no/such.safetensors: cannot read it"), "{e}");
+    let e = refused(&["export", "/no/checkpoint.safetensors", "/tmp/candle-mpi-never.safetensors"]);
+    assert!(e.contains("CHECKPOINT: cannot read checkpoint /no/checkpoint.safetensors"), "{e}");
+    let e = refused(&["export", "/tmp/candle-mpi-never.safetensors"]);
+    assert!(e.contains("give a CHECKPOINT to export, or --model"), "{e}");
+}

@@ -5,6 +5,8 @@
 mod allreduce;
 mod bench;
 mod bind;
+mod eval;
+mod export;
 mod models;
 mod report;
 mod train;
@@ -136,6 +138,30 @@ enum Command {
     /// ours), and speedup / breakdown / efficiency as SVG and PNG.
     #[command(verbatim_doc_comment)]
     Report(report::ReportArgs),
+    /// Loss, top-1 and top-5 of a network's weights on a validation split.
+    ///
+    ///   candle-mpi eval --model resnet50 --init-from resnet50.safetensors --data folder:/data/imagenet
+    ///   mpirun -np 4 candle-mpi eval ...        each rank its shard, the totals gathered
+    ///
+    /// The weights are a safetensors file under torchvision's names
+    /// (scripts/torchvision-export.py writes torchvision's own) or a candle-mpi
+    /// checkpoint; every parameter and batch-norm buffer must be there with its
+    /// shape. Images are read as `train`'s validation reads them (folder data:
+    /// resized to 8/7 of the side, centre-cropped).
+    #[command(verbatim_doc_comment)]
+    Eval(eval::EvalArgs),
+    /// Write weights under torchvision's names, for `load_state_dict`.
+    ///
+    ///   candle-mpi export runs/ckpt/checkpoint.safetensors resnet50.safetensors
+    ///                                  a trained network (its momentum left out)
+    ///   candle-mpi export --model resnet50 --classes 10 --seed 3 init.safetensors
+    ///                                  the initial weights `train --seed 3` starts from
+    ///
+    /// A `num_batches_tracked` counter (the checkpoint's step, or 0) is written
+    /// beside every batch norm, as torchvision's state_dict has one. OUT is
+    /// never overwritten.
+    #[command(verbatim_doc_comment)]
+    Export(export::ExportArgs),
     /// Run a command bound to this rank's share of the host (numactl).
     ///
     /// Under mpirun, for each rank:
@@ -159,6 +185,8 @@ impl Cli {
             Command::Bench(args) => bench::exec(args),
             Command::Report(args) => report::exec(args),
             Command::Bind(args) => bind::exec(args),
+            Command::Eval(args) => eval::exec(args),
+            Command::Export(args) => export::exec(args),
         }
     }
 }

@@ -98,6 +98,11 @@ pub struct TrainArgs {
     /// Continue from the checkpoint in --checkpoint-dir: weights, momentum and step
     #[arg(long)]
     resume: bool,
+    /// Start from these weights: a safetensors file under torchvision's names
+    /// (scripts/torchvision-export.py writes one) or a candle-mpi checkpoint;
+    /// every parameter and batch-norm buffer must be there with its shape
+    #[arg(long, value_name = "FILE")]
+    init_from: Option<std::path::PathBuf>,
     /// Steps left out of the step-time statistics (warm-up); the first step is always reported apart
     #[arg(long, default_value_t = 1, value_name = "N")]
     warmup_steps: usize,
@@ -151,6 +156,7 @@ pub fn exec(args: &TrainArgs) -> anyhow::Result<()> {
         checkpoint_dir: args.checkpoint_dir.clone(),
         checkpoint_every: args.checkpoint_every,
         resume: args.resume,
+        init_from: args.init_from.clone(),
         val_every: args.val_every,
         warmup_steps: args.warmup_steps,
         // Checked by `launch` from the seconds given.

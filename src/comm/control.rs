@@ -99,9 +99,9 @@ impl Control {
     }
 
     /// Collective: every rank's `mine`, agreed. Where every rank succeeded
-    /// each gets its own value; otherwise every rank gets the same error,
-    /// the first failed rank's own message, so that whichever rank ends the
-    /// job prints why.
+    /// each gets its own value; otherwise every rank gets the first failed
+    /// rank's own message (that rank its own error), so that whichever rank
+    /// ends the job prints why.
     pub fn agree<T>(&self, what: &str, mine: anyhow::Result<T>) -> anyhow::Result<T> {
         let ok = self.all_gather_u64(u64::from(mine.is_ok()))?;
         let Some(failed) = ok.iter().position(|&o| o == 0) else { return mine };
@@ -113,7 +113,11 @@ impl Control {
         self.broadcast_bytes(&mut len, failed)?;
         text.resize(u64::from_le_bytes(len) as usize, 0);
         self.broadcast_bytes(&mut text, failed)?;
-        anyhow::bail!("{what}: rank {failed} failed: {}", String::from_utf8_lossy(&text))
+        match mine {
+            // The failed rank keeps its own error as it is.
+            Err(e) if self.info().rank == failed => Err(e),
+            _ => anyhow::bail!("{what}: rank {failed} failed: {}", String::from_utf8_lossy(&text)),
+        }
     }
 
     /// Ends every rank of the job at once (MPI_Abort): a rank that fails

@@ -38,6 +38,9 @@ pub struct TrainConfig {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     pub checkpoint_every: Option<usize>,
     pub resume: bool,
+    /// Parameters and batch-norm buffers to start from (torchvision's names;
+    /// a candle-mpi checkpoint too), read by rank 0.
+    pub init_from: Option<std::path::PathBuf>,
     /// Validate every this many epochs as well as at the end (data with a test split).
     pub val_every: Option<usize>,
     /// Steps left out of the step-time statistics (at least the first).

@@ -103,6 +103,13 @@ impl Launch {
             check_writable_dir(dir, "--out")?;
         }
         anyhow::ensure!(!c.resume || c.checkpoint_dir.is_some(), "--resume needs --checkpoint-dir DIR");
+        if let Some(path) = &c.init_from {
+            anyhow::ensure!(
+                !c.resume,
+                "--init-from and --resume: choose one (a resumed run continues from its checkpoint)"
+            );
+            anyhow::ensure!(path.is_file(), "--init-from {}: no such file", path.display());
+        }
         anyhow::ensure!(
             c.checkpoint_every.is_none() || c.checkpoint_dir.is_some(),
             "--checkpoint-every needs --checkpoint-dir DIR"

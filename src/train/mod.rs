@@ -11,11 +11,13 @@
 //! phases in order, `config.rs` says what a run is asked to do, `launch.rs`
 //! is the command's entry (start-up, progress, records on disk);
 //! `handshake.rs`, `checkpoint.rs`, `watchdog.rs` and `fault.rs` serve the
-//! phases.
+//! phases; `weights.rs` reads and writes weights under torchvision's names
+//! (`--init-from`, `export`), and `eval.rs` measures weights on a data set.
 
 pub mod checkpoint;
 mod checks;
 mod config;
+pub mod eval;
 pub mod fault;
 mod finish;
 mod handshake;
@@ -26,6 +28,7 @@ mod setup;
 mod step;
 mod validation;
 pub mod watchdog;
+pub mod weights;
 
 pub use self::config::TrainConfig;
 pub use self::launch::{launch, Launch};

@@ -13,6 +13,7 @@ use super::config::TrainConfig;
 use super::fault;
 use super::handshake::handshake;
 use super::watchdog::Watchdog;
+use super::weights;
 use crate::comm::{Comm, WorldInfo};
 use crate::data::loader::{Loader, Plan};
 use crate::data::{self, Dataset, Split};
@@ -155,6 +156,14 @@ impl<'a> Run<'a> {
         let data_text = local.data_text(cfg);
         fault::strike_process(cfg.fault, info.rank, 0)?;
         watchdog.watch(0, "the start-up check", || handshake(cfg, &local.params, &data_text, control))?;
+        if let Some(path) = &cfg.init_from {
+            let source = format!("--init-from {}", path.display());
+            let read = match info.rank {
+                0 => weights::read(path, "--init-from").and_then(|t| weights::apply(&t, &local.store, &source)),
+                _ => Ok(()),
+            };
+            watchdog.watch(0, "reading --init-from (rank 0)", || control.agree(&source, read))?;
+        }
         let first_step = if cfg.resume {
             let path = checkpoint::run_path(cfg.checkpoint_dir.as_deref())?;
             let (model, model_cfg, store, sgd) = (cfg.model, &local.model_cfg, &local.store, &mut local.sgd);

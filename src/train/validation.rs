@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 
-use super::config::TrainConfig;
 use super::fault::{self, FaultKind};
 use super::setup::{broadcast_from_rank0, Run};
 use crate::comm::WorldInfo;
@@ -23,20 +22,29 @@ pub(super) struct Validation {
     pub images: usize,
 }
 
-/// This rank's sums over its shard of the test split: loss, top-1 hits,
-/// top-5 hits (top-k with k = min(5, classes)), and the shard's size.
-fn evaluate_shard(
+/// How a split is read: the input side, the classes (top-k is top-5 or
+/// fewer), the images of a batch.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Reading {
+    pub image_size: usize,
+    pub classes: usize,
+    pub batch: usize,
+}
+
+/// This rank's sums over its shard of a split (in order, unshuffled): loss,
+/// top-1 hits, top-5 hits (top-k with k = min(5, classes)), the shard's size.
+pub(super) fn evaluate_shard(
     net: &dyn Network,
-    cfg: &TrainConfig,
     ds: &dyn Dataset,
+    reading: Reading,
     info: &WorldInfo,
     device: &Device,
 ) -> anyhow::Result<[f64; 4]> {
-    let mine = shard(ds.len(), 0, cfg.seed, info.rank, info.size, false);
-    let k = cfg.classes.min(5);
+    let mine = shard(ds.len(), 0, 0, info.rank, info.size, false);
+    let k = reading.classes.min(5);
     let (mut loss_sum, mut top1, mut top5) = (0f64, 0u64, 0u64);
-    for chunk in mine.chunks(cfg.batch_size.max(1)) {
-        let (x, y) = batch(ds, chunk, cfg.image_size, device)?;
+    for chunk in mine.chunks(reading.batch.max(1)) {
+        let (x, y) = batch(ds, chunk, reading.image_size, device)?;
         let logits = net.forward_t(&x, false)?;
         loss_sum += f64::from(candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()?) * chunk.len() as f64;
         let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
@@ -53,6 +61,15 @@ fn evaluate_shard(
     Ok([loss_sum, top1 as f64, top5 as f64, mine.len() as f64])
 }
 
+/// Every rank's sums (as `evaluate_shard` makes them, gathered in rank
+/// order) as one validation; None when every shard was empty.
+pub(super) fn totals(sums: &[f64]) -> Option<Validation> {
+    let total = |i: usize| sums.chunks(4).map(|c| c[i]).sum::<f64>();
+    let images = total(3) as usize;
+    let seen = images as f64;
+    (images > 0).then(|| Validation { loss: total(0) / seen, top1: total(1) / seen, top5: total(2) / seen, images })
+}
+
 impl Run<'_> {
     /// Collective: validates with rank 0's batch-norm statistics after step
     /// `step`; None for data without a test split, and for a test split
@@ -66,22 +83,19 @@ impl Run<'_> {
         if fault::hits(self.cfg.fault, FaultKind::ValHang, self.info.rank, step) {
             fault::hang_in_validation(self.info.rank, step);
         }
-        let mine = evaluate_shard(self.net.as_ref(), self.cfg, test.as_ref(), &self.info, self.device)?;
+        let cfg = self.cfg;
+        let reading = Reading { image_size: cfg.image_size, classes: cfg.classes, batch: cfg.batch_size };
+        let mine = evaluate_shard(self.net.as_ref(), test.as_ref(), reading, &self.info, self.device)?;
         let sums = self.watchdog.watch(step, "the validation's totals", || comm.control().all_gather_f64s(&mine))?;
-        let total = |i: usize| sums.chunks(4).map(|c| c[i]).sum::<f64>();
-        let images = total(3) as usize;
-        if images == 0 {
-            if self.info.rank == 0 {
-                eprintln!(
-                    "validation skipped: the test split's {} image(s) leave no whole share for each of {} ranks",
-                    test.len(),
-                    self.info.size
-                );
-            }
-            return Ok(None);
+        let validation = totals(&sums);
+        if validation.is_none() && self.info.rank == 0 {
+            eprintln!(
+                "validation skipped: the test split's {} image(s) leave no whole share for each of {} ranks",
+                test.len(),
+                self.info.size
+            );
         }
-        let seen = images as f64;
-        Ok(Some(Validation { loss: total(0) / seen, top1: total(1) / seen, top5: total(2) / seen, images }))
+        Ok(validation)
     }
 
     /// Collective: after the last step of an epoch that `--val-every`
