@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 #   numactl, hwloc               rank binding (scripts/bind.sh) and topology
 #   libfontconfig1-dev, libfreetype-dev, fonts-dejavu-core
 #                                the report's figures: plotters finds and draws a font through them
+#   g++                          tests/kernels.rs compiles the CUDA kernels as host C++
 PACKAGES=(openmpi-bin libopenmpi-dev libclang-dev clang libffi-dev pkg-config numactl hwloc
-          libfontconfig1-dev libfreetype-dev fonts-dejavu-core)
+          libfontconfig1-dev libfreetype-dev fonts-dejavu-core g++)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -419,6 +419,30 @@ fn spatial(x: &Tensor) -> Result<(usize, usize)> {
     }
 }
 
+/// The windows of pooling an (h, w) plane with `p`, as the CUDA kernels read
+/// them (see `PoolOp::window_table`), and the output's height and width.
+pub fn kernel_windows(h: usize, w: usize, p: Pool2d) -> Result<(Vec<u32>, usize, usize)> {
+    let op = PoolOp {
+        kind: Kind::Max,
+        h: AxisWindows::strided(h, &p)?,
+        w: AxisWindows::strided(w, &p)?,
+        argmax: HandOff::default(),
+    };
+    Ok((op.window_table(), op.h.len(), op.w.len()))
+}
+
+/// The windows of adaptive average pooling from (h, w) to (oh, ow), as the
+/// CUDA kernels read them.
+pub fn adaptive_kernel_windows(h: usize, w: usize, oh: usize, ow: usize) -> Result<Vec<u32>> {
+    let op = PoolOp {
+        kind: Kind::Avg,
+        h: AxisWindows::adaptive(h, oh)?,
+        w: AxisWindows::adaptive(w, ow)?,
+        argmax: HandOff::default(),
+    };
+    Ok(op.window_table())
+}
+
 /// Max pooling with PyTorch's semantics (padding never wins; ties go to the first).
 pub fn max_pool2d(x: &Tensor, p: Pool2d) -> Result<Tensor> {
     let (h, w) = spatial(x)?;

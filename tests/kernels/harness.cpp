@@ -1,0 +1,35 @@
+// The kernels of kernels/ behind plain C functions, each launched over the
+// grid the Rust side launches on a GPU (one thread per element, `block`
+// threads a block), for tests/kernels.rs to call through dlopen.
+#include "cuda_host.h"
+#include "pool.cu"
+#include "pack.cu"
+
+extern "C" {
+
+void host_pool2d_fwd(const float *x, float *y, const unsigned *win, int planes, int ih, int iw, int oh, int ow,
+                     int is_max, unsigned block) {
+    unsigned long long n = (unsigned long long)planes * oh * ow;
+    launch(blocks_for(n, block), block, [&] { pool2d_fwd_f32(x, y, win, planes, ih, iw, oh, ow, is_max); });
+}
+
+void host_pool2d_bwd(const float *x, const float *gy, float *gx, const unsigned *win, int planes, int ih, int iw,
+                     int oh, int ow, int is_max, unsigned block) {
+    unsigned long long n = (unsigned long long)planes * ih * iw;
+    launch(blocks_for(n, block), block, [&] { pool2d_bwd_f32(x, gy, gx, win, planes, ih, iw, oh, ow, is_max); });
+}
+
+void host_pack_f16(const unsigned long long *srcs, const unsigned long long *src_off,
+                   const unsigned long long *bucket_off, int pieces, uint16_t *bucket, unsigned long long len,
+                   float scale, unsigned block) {
+    launch(blocks_for(len, block), block,
+           [&] { pack_f16(srcs, src_off, bucket_off, pieces, (__half *)bucket, len, scale); });
+}
+
+void host_unpack_f16(const uint16_t *bucket, unsigned long long len, const unsigned long long *dsts,
+                     const unsigned long long *dst_off, const unsigned long long *bucket_off, int pieces,
+                     unsigned long long *nonfinite, unsigned block) {
+    launch(blocks_for(len, block), block,
+           [&] { unpack_f16((const __half *)bucket, len, dsts, dst_off, bucket_off, pieces, nonfinite); });
+}
+}
