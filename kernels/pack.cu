@@ -1,9 +1,11 @@
-// Gradient buckets on the GPU: the CUDA side of src/exchange.rs's pack and
-// unpack, many gradient tensors into one bucket (and back) in one launch.
+// Gradient buckets on the GPU: the CUDA side of src/exchange/host.rs's pack
+// and unpack, many gradient tensors into one bucket (and back) in one
+// launch, for each wire type (f16, bf16, f32).
 //
 // A bucket is a list of pieces; piece k copies len[k] elements from
 // srcs[k] + src_off[k] to bucket[bucket_off[k] ..]. bucket_off is sorted
 // and the pieces tile the bucket, so a thread finds its piece by binary search.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 __device__ int find_piece(const unsigned long long *bucket_off, int pieces, unsigned long long at) {
@@ -15,28 +17,52 @@ __device__ int find_piece(const unsigned long long *bucket_off, int pieces, unsi
     return lo;
 }
 
-// f32 gradients -> f16 bucket, each value times `scale` (1/N) before the cast,
+// f32 to the wire type and back, rounding to nearest even.
+__device__ __half to_wire(float v, __half *) { return __float2half_rn(v); }
+__device__ __nv_bfloat16 to_wire(float v, __nv_bfloat16 *) { return __float2bfloat16_rn(v); }
+__device__ float to_wire(float v, float *) { return v; }
+__device__ float from_wire(__half v) { return __half2float(v); }
+__device__ float from_wire(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ float from_wire(float v) { return v; }
+
+// f32 gradients -> bucket, each value times `scale` (1/N) before the cast,
 // so that the sum over N ranks cannot overflow where the mean would not.
-extern "C" __global__ void pack_f16(const unsigned long long *srcs, const unsigned long long *src_off,
-                                    const unsigned long long *bucket_off, int pieces,
-                                    __half *bucket, unsigned long long len, float scale) {
+template <class W>
+__device__ void pack(const unsigned long long *srcs, const unsigned long long *src_off,
+                     const unsigned long long *bucket_off, int pieces, W *bucket, unsigned long long len, float scale) {
     unsigned long long at = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (at >= len) return;
     int k = find_piece(bucket_off, pieces, at);
     const float *src = (const float *)srcs[k];
-    bucket[at] = __float2half_rn(src[src_off[k] + (at - bucket_off[k])] * scale);
+    bucket[at] = to_wire(src[src_off[k] + (at - bucket_off[k])] * scale, bucket);
 }
 
-// f16 bucket -> f32 gradients; counts the non-finite values it writes into
+// bucket -> f32 gradients; counts the non-finite values it writes into
 // *nonfinite (the step is skipped on every rank when it is not zero).
-extern "C" __global__ void unpack_f16(const __half *bucket, unsigned long long len,
-                                      const unsigned long long *dsts, const unsigned long long *dst_off,
-                                      const unsigned long long *bucket_off, int pieces,
-                                      unsigned long long *nonfinite) {
+template <class W>
+__device__ void unpack(const W *bucket, unsigned long long len, const unsigned long long *dsts,
+                       const unsigned long long *dst_off, const unsigned long long *bucket_off, int pieces,
+                       unsigned long long *nonfinite) {
     unsigned long long at = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (at >= len) return;
     int k = find_piece(bucket_off, pieces, at);
-    float v = __half2float(bucket[at]);
+    float v = from_wire(bucket[at]);
     ((float *)dsts[k])[dst_off[k] + (at - bucket_off[k])] = v;
     if (!isfinite(v)) atomicAdd(nonfinite, 1ULL);
 }
+
+#define PACK_KERNELS(NAME, W)                                                                                       \
+    extern "C" __global__ void pack_##NAME(const unsigned long long *srcs, const unsigned long long *src_off,       \
+                                           const unsigned long long *bucket_off, int pieces, W *bucket,              \
+                                           unsigned long long len, float scale) {                                  \
+        pack(srcs, src_off, bucket_off, pieces, bucket, len, scale);                                               \
+    }                                                                                                               \
+    extern "C" __global__ void unpack_##NAME(const W *bucket, unsigned long long len, const unsigned long long *dsts, \
+                                             const unsigned long long *dst_off, const unsigned long long *bucket_off, \
+                                             int pieces, unsigned long long *nonfinite) {                          \
+        unpack(bucket, len, dsts, dst_off, bucket_off, pieces, nonfinite);                                         \
+    }
+
+PACK_KERNELS(f16, __half)
+PACK_KERNELS(bf16, __nv_bfloat16)
+PACK_KERNELS(f32, float)

@@ -12,12 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor, Var};
+use candle_mpi::comm::WireElem;
 use candle_mpi::exchange::{pack_scaled, plan::plan_buckets};
 use candle_mpi::ops::pool::{
     adaptive_avg_pool2d, adaptive_kernel_windows, avg_pool2d, kernel_windows, max_pool2d, Pool2d,
 };
 use candle_mpi::rng::Rng;
-use half::f16;
+use half::{bf16, f16};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -72,8 +73,8 @@ impl Kernels {
 
 type PoolFwd = unsafe extern "C" fn(*const f32, *mut f32, *const u32, i32, i32, i32, i32, i32, i32, u32);
 type PoolBwd = unsafe extern "C" fn(*const f32, *const f32, *mut f32, *const u32, i32, i32, i32, i32, i32, i32, u32);
-type Pack = unsafe extern "C" fn(*const u64, *const u64, *const u64, i32, *mut u16, u64, f32, u32);
-type Unpack = unsafe extern "C" fn(*const u16, u64, *const u64, *const u64, *const u64, i32, *mut u64, u32);
+type Pack = unsafe extern "C" fn(*const u64, *const u64, *const u64, i32, *mut c_void, u64, f32, u32);
+type Unpack = unsafe extern "C" fn(*const c_void, u64, *const u64, *const u64, *const u64, i32, *mut u64, u32);
 
 /// The block sizes a launch uses: the GPU path's 1024 (LaunchConfig::for_num_elems),
 /// and small ones, so that most elements fall in a last partial block.
@@ -92,6 +93,12 @@ fn values(rng: &mut Rng, n: usize, nan: bool) -> Vec<f32> {
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Bits, with every NaN as one: the GPU writes its one NaN (0x7fff) where
+/// the host keeps the payload, and no step reads a NaN's payload.
+fn bits_any_nan(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| if x.is_nan() { f32::NAN.to_bits() } else { x.to_bits() }).collect()
 }
 
 /// One pooling case through the kernels and the CPU op: None where the op
@@ -206,13 +213,20 @@ fn bucket_case(rng: &mut Rng) -> (Vec<Vec<f32>>, Vec<candle_mpi::exchange::plan:
     (grads, pieces)
 }
 
-/// Pack and unpack of one bucket through the kernels and the host exchange.
-fn exchange_case(k: &Kernels, rng: &mut Rng) -> Option<String> {
+/// Pack and unpack of one bucket in wire type `T` through the kernels and the
+/// host exchange. The buckets are compared as f32 (each wire value has one
+/// f32, so this is the wire's bits), NaN as one.
+fn exchange_case<T: WireElem>(k: &Kernels, rng: &mut Rng) -> Option<String> {
     let (grads, pieces) = bucket_case(rng);
     let len: usize = pieces.iter().map(|p| p.len).sum();
     let scale = [1.0f32, 0.5, 0.125][rng.below(3) as usize];
+    let wire_bits = |bucket: &[T]| {
+        let mut wide = vec![0f32; bucket.len()];
+        T::to_f32(bucket, &mut wide);
+        bits_any_nan(&wide)
+    };
     // The host exchange: each piece packed where it goes, then the bucket read back.
-    let mut host = vec![f16::ZERO; len];
+    let mut host = vec![T::default(); len];
     for p in &pieces {
         pack_scaled(
             &grads[p.param][p.param_offset..p.param_offset + p.len],
@@ -224,51 +238,52 @@ fn exchange_case(k: &Kernels, rng: &mut Rng) -> Option<String> {
     let mut host_bad = 0;
     for p in &pieces {
         let dst = &mut host_out[p.param][p.param_offset..p.param_offset + p.len];
-        host_bad +=
-            <f16 as candle_mpi::comm::WireElem>::unpack_counting(&host[p.bucket_offset..p.bucket_offset + p.len], dst);
+        host_bad += T::unpack_counting(&host[p.bucket_offset..p.bucket_offset + p.len], dst);
     }
     // SAFETY: the signatures of harness.cpp.
-    let (pack, unpack): (Pack, Unpack) = unsafe { (k.get("host_pack_f16"), k.get("host_unpack_f16")) };
+    let (pack, unpack): (Pack, Unpack) =
+        unsafe { (k.get(&format!("host_pack_{}", T::NAME)), k.get(&format!("host_unpack_{}", T::NAME))) };
     let srcs: Vec<u64> = pieces.iter().map(|p| grads[p.param].as_ptr() as u64).collect();
     let offs: Vec<u64> = pieces.iter().map(|p| p.param_offset as u64).collect();
     let at: Vec<u64> = pieces.iter().map(|p| p.bucket_offset as u64).collect();
+    let what = format!("{} {} pieces, {len} elements, scale {scale}", T::NAME, pieces.len());
     for block in BLOCKS {
-        let mut bucket = vec![0u16; len];
+        let mut bucket = vec![T::default(); len];
         let mut out: Vec<Vec<f32>> = grads.iter().map(|g| vec![0f32; g.len()]).collect();
         let dsts: Vec<u64> = pieces.iter().map(|p| out[p.param].as_mut_ptr() as u64).collect();
         let mut bad = 0u64;
         let n = pieces.len() as i32;
+        let wire = bucket.as_mut_ptr() as *mut c_void;
         // SAFETY: the tables point into live buffers of the lengths the pieces give.
         unsafe {
-            pack(srcs.as_ptr(), offs.as_ptr(), at.as_ptr(), n, bucket.as_mut_ptr(), len as u64, scale, block);
-            unpack(bucket.as_ptr(), len as u64, dsts.as_ptr(), offs.as_ptr(), at.as_ptr(), n, &mut bad, block);
+            pack(srcs.as_ptr(), offs.as_ptr(), at.as_ptr(), n, wire, len as u64, scale, block);
+            unpack(wire, len as u64, dsts.as_ptr(), offs.as_ptr(), at.as_ptr(), n, &mut bad, block);
         }
-        let host_bits: Vec<u16> = host.iter().map(|h| h.to_bits()).collect();
-        if bucket != host_bits {
-            return Some(format!(
-                "{} pieces, {len} elements, scale {scale}, block {block}: pack differs",
-                pieces.len()
-            ));
+        if wire_bits(&bucket) != wire_bits(&host) {
+            return Some(format!("{what}, block {block}: pack differs"));
         }
-        if out.iter().zip(&host_out).any(|(a, b)| bits(a) != bits(b)) || bad as usize != host_bad {
-            return Some(format!(
-                "{} pieces, {len} elements, block {block}: unpack differs ({bad} against {host_bad} non-finite)",
-                pieces.len()
-            ));
+        if out.iter().zip(&host_out).any(|(a, b)| bits_any_nan(a) != bits_any_nan(b)) || bad as usize != host_bad {
+            return Some(format!("{what}, block {block}: unpack differs ({bad} against {host_bad} non-finite)"));
         }
     }
     None
 }
 
+/// `count` buckets in each wire type.
 fn exchange_cases(k: &Kernels, count: usize) -> Vec<String> {
     let mut rng = Rng::new(12);
-    (0..count).filter_map(|_| exchange_case(k, &mut rng)).collect()
+    (0..count)
+        .flat_map(|_| {
+            [exchange_case::<f16>(k, &mut rng), exchange_case::<bf16>(k, &mut rng), exchange_case::<f32>(k, &mut rng)]
+        })
+        .flatten()
+        .collect()
 }
 
 #[test]
 fn pack_and_unpack_kernels_match_the_host_exchange_bit_for_bit() {
     let wrong = exchange_cases(kernels(), 400);
-    assert!(wrong.is_empty(), "{} of 400 cases differ:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(wrong.is_empty(), "{} of 3 x 400 cases differ:\n{}", wrong.len(), wrong.join("\n"));
 }
 
 /// The checks can fail: copies of the kernels with one index computation

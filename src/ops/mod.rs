@@ -3,13 +3,16 @@
 //! ReLU fused (`batch_norm.rs`), pooling with padding and ceil mode
 //! (`pool/`, its CUDA half beside the CPU one). Under them: the forward to
 //! backward hand-off (`handoff.rs`), loops that stay on the calling thread
-//! with one thread (`par.rs`), a CPU tensor's f32 values (`cpu_slice.rs`)
-//! and a checked GEMM on strided views (`gemm_cpu.rs`).
+//! with one thread (`par.rs`), a CPU tensor's f32 values (`cpu_slice.rs`),
+//! a checked GEMM on strided views (`gemm_cpu.rs`) and, with feature
+//! `cuda`, the checked launch grid of the crate's kernels (`grid_cuda.rs`).
 
 pub mod batch_norm;
 pub mod conv;
 pub mod cpu_slice;
 pub mod gemm_cpu;
+#[cfg(feature = "cuda")]
+pub mod grid_cuda;
 pub mod handoff;
 pub mod par;
 pub mod pool;

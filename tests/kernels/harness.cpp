@@ -19,17 +19,22 @@ void host_pool2d_bwd(const float *x, const float *gy, float *gx, const unsigned 
     launch(blocks_for(n, block), block, [&] { pool2d_bwd_f32(x, gy, gx, win, planes, ih, iw, oh, ow, is_max); });
 }
 
-void host_pack_f16(const unsigned long long *srcs, const unsigned long long *src_off,
-                   const unsigned long long *bucket_off, int pieces, uint16_t *bucket, unsigned long long len,
-                   float scale, unsigned block) {
-    launch(blocks_for(len, block), block,
-           [&] { pack_f16(srcs, src_off, bucket_off, pieces, (__half *)bucket, len, scale); });
-}
+// pack_<t> and unpack_<t> for each wire type; the bucket is passed untyped.
+#define HOST_PACK(NAME, W)                                                                                          \
+    void host_pack_##NAME(const unsigned long long *srcs, const unsigned long long *src_off,                       \
+                          const unsigned long long *bucket_off, int pieces, void *bucket, unsigned long long len,  \
+                          float scale, unsigned block) {                                                            \
+        launch(blocks_for(len, block), block,                                                                       \
+               [&] { pack_##NAME(srcs, src_off, bucket_off, pieces, (W *)bucket, len, scale); });                  \
+    }                                                                                                               \
+    void host_unpack_##NAME(const void *bucket, unsigned long long len, const unsigned long long *dsts,            \
+                            const unsigned long long *dst_off, const unsigned long long *bucket_off, int pieces,   \
+                            unsigned long long *nonfinite, unsigned block) {                                        \
+        launch(blocks_for(len, block), block,                                                                       \
+               [&] { unpack_##NAME((const W *)bucket, len, dsts, dst_off, bucket_off, pieces, nonfinite); });     \
+    }
 
-void host_unpack_f16(const uint16_t *bucket, unsigned long long len, const unsigned long long *dsts,
-                     const unsigned long long *dst_off, const unsigned long long *bucket_off, int pieces,
-                     unsigned long long *nonfinite, unsigned block) {
-    launch(blocks_for(len, block), block,
-           [&] { unpack_f16((const __half *)bucket, len, dsts, dst_off, bucket_off, pieces, nonfinite); });
-}
+HOST_PACK(f16, __half)
+HOST_PACK(bf16, __nv_bfloat16)
+HOST_PACK(f32, float)
 }

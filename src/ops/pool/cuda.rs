@@ -3,9 +3,11 @@
 //! bit; f32 only (training runs in f32).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaStorage, Layout, Result};
+
+use crate::ops::grid_cuda::{int_arg, one_thread_per_element};
 
 /// Sizes of one launch: planes (N * C) of ih x iw in, oh x ow out.
 #[derive(Clone, Copy)]
@@ -50,8 +52,9 @@ fn launch(
     // SAFETY: every element is written by the kernel.
     let out = unsafe { dev.alloc::<f32>(threads)? };
     let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
-    let (planes, ih, iw, oh, ow, m) =
-        (d.planes as i32, d.ih as i32, d.iw as i32, d.oh as i32, d.ow as i32, i32::from(is_max));
+    let grid = one_thread_per_element(threads, op)?;
+    let (planes, ih, iw) = (int_arg(d.planes, op)?, int_arg(d.ih, op)?, int_arg(d.iw, op)?);
+    let (oh, ow, m) = (int_arg(d.oh, op)?, int_arg(d.ow, op)?, i32::from(is_max));
     let mut b = func.builder();
     b.arg(&xs);
     let gs = match g {
@@ -70,7 +73,7 @@ fn launch(
     b.arg(&ow);
     b.arg(&m);
     // SAFETY: argument list matches the kernel's signature in kernels/pool.cu.
-    unsafe { b.launch(LaunchConfig::for_num_elems(threads as u32)) }.w()?;
+    unsafe { b.launch(grid) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
