@@ -1,11 +1,11 @@
 //! The data plane on GPUs (feature `cuda`): NCCL's all-reduce of device
 //! buffers on the CUDA stream candle computes on, bootstrapped by MPI.
 //!
-//! Rank 0 makes NCCL's unique id, the control plane broadcasts its 128 bytes,
-//! and every rank joins the communicator on its own GPU (`local_rank`).
-//! Everything that is not a gradient reduction stays with the control plane.
-//! Note that NCCL sums f16 in f16 along its ring, so unlike the MPI data
-//! planes it may round more than once.
+//! Rank 0 makes NCCL's unique id, the control plane agrees that it could and
+//! broadcasts its 128 bytes, and every rank joins the communicator on its own
+//! GPU. Everything that is not a gradient reduction stays with the control
+//! plane. Note that NCCL sums f16 and bf16 in that type along its ring, so
+//! unlike the MPI data planes it may round more than once.
 
 use std::sync::Arc;
 
@@ -20,42 +20,64 @@ pub struct Nccl {
     stream: Arc<CudaStream>,
 }
 
-fn nccl_error(what: &str, e: impl std::fmt::Debug) -> anyhow::Error {
+/// NCCL's own words for a failure, and where to look next.
+fn nccl_error(what: &str, e: cudarc::nccl::result::NcclError) -> anyhow::Error {
+    // SAFETY: NCCL returns a static, NUL-terminated string for every result code.
+    let text = unsafe { std::ffi::CStr::from_ptr(cudarc::nccl::sys::ncclGetErrorString(e.0)) };
     anyhow::anyhow!(
-        "NCCL {what} failed: {e:?}. Is NCCL (libnccl.so.2) installed and does every rank see its GPU? \
-         `--backend mpi` (or `--device cpu`) works without it"
+        "NCCL {what} failed: {} ({:?}); run with NCCL_DEBUG=WARN (or INFO) in the environment for NCCL's reasons",
+        text.to_string_lossy(),
+        e.0
     )
+}
+
+fn cuda_error(what: &str, e: cudarc::driver::DriverError) -> anyhow::Error {
+    anyhow::anyhow!("CUDA {what} failed: {e}")
 }
 
 impl Nccl {
     /// Collective over the MPI world: joins the NCCL communicator on `stream`
-    /// (candle's stream of this rank's GPU).
+    /// (candle's stream of this rank's GPU). A rank that cannot join ends the
+    /// job at once, naming itself: the others are inside NCCL's start, waiting
+    /// for it, where no collective of the control plane can reach them.
     pub fn new(control: &Control, stream: Arc<CudaStream>) -> anyhow::Result<Self> {
         let info = control.info().clone();
-        let mut id_bytes = [0u8; 128];
-        if info.rank == 0 {
-            let id = Id::new().map_err(|e| nccl_error("unique id", e))?;
-            for (b, c) in id_bytes.iter_mut().zip(id.internal()) {
-                *b = *c as u8;
-            }
-        }
+        let made = match info.rank {
+            0 => Id::new().map(|id| (*id.internal()).map(|c| c as u8)).map_err(|e| nccl_error("unique id", e)),
+            _ => Ok([0u8; 128]),
+        };
+        let mut id_bytes = control.agree("NCCL unique id", made)?;
         control.broadcast_bytes(&mut id_bytes, 0)?;
-        let mut internal = [0 as std::ffi::c_char; 128];
-        for (c, b) in internal.iter_mut().zip(id_bytes) {
-            *c = b as std::ffi::c_char;
+        let joined = stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| cuda_error("binding the GPU's context to this thread", e))
+            .and_then(|()| {
+                Comm::from_rank(
+                    stream.clone(),
+                    info.rank,
+                    info.size,
+                    Id::uninit(id_bytes.map(|b| b as std::ffi::c_char)),
+                )
+                .map_err(|e| nccl_error("communicator start (ncclCommInitRank)", e))
+            });
+        match joined {
+            Ok(comm) => Ok(Self { comm, stream }),
+            Err(e) if info.size > 1 => {
+                eprintln!("rank {}: error: {e:#}", info.rank);
+                control.abort(1)
+            }
+            Err(e) => Err(e),
         }
-        let comm = Comm::from_rank(stream.clone(), info.rank, info.size, Id::uninit(internal))
-            .map_err(|e| nccl_error("communicator start", e))?;
-        Ok(Self { comm, stream })
     }
 
     /// Sums a device buffer over all ranks, in place, then waits for the stream.
     pub fn all_reduce_sum_device<T: NcclType>(&self, buf: &mut CudaSlice<T>) -> anyhow::Result<()> {
-        if buf.len() == 0 {
+        if buf.is_empty() {
             return Ok(());
         }
         self.comm.all_reduce_in_place(buf, &ReduceOp::Sum).map_err(|e| nccl_error("all-reduce", e))?;
-        self.stream.synchronize().map_err(|e| nccl_error("stream synchronize", e))?;
+        self.stream.synchronize().map_err(|e| cuda_error("stream synchronize", e))?;
         Ok(())
     }
 
@@ -68,9 +90,9 @@ impl Nccl {
         &self,
         buf: &mut [T],
     ) -> anyhow::Result<()> {
-        let mut dev = self.stream.clone_htod(buf).map_err(|e| nccl_error("copy to device", e))?;
+        let mut dev = self.stream.clone_htod(buf).map_err(|e| cuda_error("copy to device", e))?;
         self.all_reduce_sum_device(&mut dev)?;
-        self.stream.memcpy_dtoh(&dev, buf).map_err(|e| nccl_error("copy to host", e))?;
+        self.stream.memcpy_dtoh(&dev, buf).map_err(|e| cuda_error("copy to host", e))?;
         Ok(())
     }
 }

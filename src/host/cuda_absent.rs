@@ -1,5 +1,5 @@
 //! Stands in for `cuda.rs` in a build without the `cuda` feature: no GPU
-//! opens, none has memory in use, and no rank joins NCCL.
+//! opens, none has an identity or memory in use, and no rank joins NCCL.
 
 use candle_core::Device;
 
@@ -15,8 +15,16 @@ pub fn open_gpu(_info: &WorldInfo) -> anyhow::Result<Device> {
     )
 }
 
+pub fn gpu_uuid(_device: &Device) -> anyhow::Result<Option<u128>> {
+    Ok(None)
+}
+
 pub fn memory_in_use_mib(_device: &Device) -> f64 {
     0.0
+}
+
+pub fn pool_peak_mib(_device: &Device) -> Option<f64> {
+    None
 }
 
 pub fn nccl_for(_device: &Device, _control: &Control) -> anyhow::Result<Option<Nccl>> {
