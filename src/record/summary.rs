@@ -35,8 +35,14 @@ pub struct TrainSummary {
     pub checkpoint_s: f64,
     /// Peak resident memory of each rank, MiB, in rank order.
     pub peak_rss_mib: Vec<f64>,
-    /// Peak GPU memory in use on each rank's device, MiB (CUDA runs only).
+    /// Peak memory in use on each rank's whole GPU, MiB (CUDA runs only):
+    /// total minus free, sampled after every step, so the CUDA context,
+    /// cuBLAS's workspace and the memory pool's cached reserve are in it.
     pub gpu_mem_peak_mib: Option<Vec<f64>>,
+    /// High-water mark of the memory candle's tensors took on each rank's
+    /// GPU, MiB: the memory pool's own, exact between samples (CUDA runs on
+    /// GPUs with memory pools only).
+    pub gpu_tensor_peak_mib: Option<Vec<f64>>,
     pub skipped_steps: usize,
     pub final_loss: f32,
     /// L2 norm of all trainable parameters at the end.

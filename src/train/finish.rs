@@ -4,6 +4,7 @@
 use candle_core::{DType, Var};
 
 use super::setup::Run;
+use crate::host::device;
 use crate::host::memory::peak_rss_mib;
 use crate::record::steps::{self, step_stats};
 use crate::record::summary::TrainSummary;
@@ -45,6 +46,13 @@ impl Run<'_> {
             true => Some(self.watchdog.watch(last, memory, || control.all_gather_f64(gpu_peak))?),
             false => None,
         };
+        // -1 marks a GPU without memory pools: the figure is kept where every rank has it.
+        let tensor_peak = device::gpu_tensor_peak_mib(self.device);
+        let gpu_tensor_peak_mib = match self.device.is_cuda() {
+            true => Some(self.watchdog.watch(last, memory, || control.all_gather_f64(tensor_peak.unwrap_or(-1.0)))?)
+                .filter(|peaks| peaks.iter().all(|&p| p >= 0.0)),
+            false => None,
+        };
         let summary = TrainSummary {
             model: cfg.model,
             device: if self.device.is_cuda() { "cuda" } else { "cpu" },
@@ -63,6 +71,7 @@ impl Run<'_> {
             checkpoint_s: self.tally.checkpoint_s,
             peak_rss_mib,
             gpu_mem_peak_mib,
+            gpu_tensor_peak_mib,
             skipped_steps: self.tally.skipped,
             final_loss: self.last_loss,
             param_l2: param_l2(&self.params)?,
