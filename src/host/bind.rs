@@ -132,13 +132,18 @@ pub fn local_rank_and_size() -> (usize, usize) {
     (rank, super::threads::local_processes())
 }
 
-/// The GPU a rank on `local_rank` uses, in bus order: CUDA_VISIBLE_DEVICES
-/// maps local rank to a physical index when it lists plain numbers.
+/// The GPU a rank on `local_rank` uses, in bus order (`exec_bound` sets
+/// CUDA_DEVICE_ORDER=PCI_BUS_ID for the command it runs): CUDA_VISIBLE_DEVICES maps it to a physical
+/// index when it lists plain numbers, its only entry where it lists one
+/// (the rank's own GPU, as the trainer opens it).
 pub fn gpu_of(local_rank: usize) -> usize {
-    std::env::var("CUDA_VISIBLE_DEVICES")
-        .ok()
-        .and_then(|v| v.split(',').nth(local_rank).and_then(|g| g.trim().parse().ok()))
-        .unwrap_or(local_rank)
+    gpu_in_bus_order(local_rank, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref())
+}
+
+fn gpu_in_bus_order(local_rank: usize, visible: Option<&str>) -> usize {
+    let listed: Vec<&str> = visible.map(|v| v.split(',').collect()).unwrap_or_default();
+    let entry = if listed.len() == 1 { listed.first() } else { listed.get(local_rank) };
+    entry.and_then(|g| g.trim().parse().ok()).unwrap_or(local_rank)
 }
 
 /// Replaces this process by `command`, bound by numactl as `mode` says for
@@ -163,6 +168,19 @@ pub fn exec_bound(mode: BindMode, cpu: bool, command: &[String]) -> anyhow::Resu
         c.args(&numactl_args).args(command);
         c
     };
+    if gpu.is_some() {
+        // CUDA numbers GPUs fastest first unless told otherwise; the NUMA nodes above are in bus order.
+        match std::env::var("CUDA_DEVICE_ORDER") {
+            Err(_) => {
+                cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+            }
+            Ok(order) if order != "PCI_BUS_ID" => eprintln!(
+                "bind: CUDA_DEVICE_ORDER={order}: CUDA may number the GPUs otherwise than their bus order, \
+                 and a rank's NUMA node may not be its GPU's; unset it or set PCI_BUS_ID"
+            ),
+            Ok(_) => {}
+        }
+    }
     let err = std::os::unix::process::CommandExt::exec(&mut cmd);
     anyhow::bail!("bind: cannot run `{}`: {err}", command[0])
 }
@@ -177,6 +195,16 @@ mod tests {
             nodes: vec![(0..16).collect(), (16..32).collect()],
             gpu_nodes: vec![Some(0), Some(0), Some(0), Some(0), Some(1), Some(1), Some(1), Some(1)],
         }
+    }
+
+    #[test]
+    fn a_ranks_gpu_follows_cuda_visible_devices() {
+        assert_eq!(gpu_in_bus_order(2, None), 2);
+        assert_eq!(gpu_in_bus_order(1, Some("4,5,6")), 5);
+        // One GPU a rank (a wrapper's CUDA_VISIBLE_DEVICES=$GPU): that one, whatever the local rank.
+        assert_eq!(gpu_in_bus_order(1, Some("6")), 6);
+        // UUIDs and MIG names are not bus positions: the local rank stands.
+        assert_eq!(gpu_in_bus_order(1, Some("GPU-8f2a,GPU-77c1")), 1);
     }
 
     #[test]
