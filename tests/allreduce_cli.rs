@@ -84,10 +84,16 @@ fn bf16_and_f32_on_3_ranks() {
 
 #[test]
 fn refuses_nccl_without_cuda_and_bad_sizes() {
-    let o = std::process::Command::new(BIN).args(["allreduce", "--backend", "nccl"]).output().unwrap();
-    assert!(!o.status.success());
+    // A CPU build refuses NCCL; a CUDA build runs it on a GPU, or, without one,
+    // refuses naming the device it could not open.
+    let o =
+        std::process::Command::new(BIN).args(["allreduce", "--backend", "nccl", "--max-bytes", "4K"]).output().unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("--backend nccl") && e.contains("--backend mpi"), "{e}");
+    match (cfg!(feature = "cuda"), o.status.success()) {
+        (false, ok) => assert!(!ok && e.contains("--backend nccl") && e.contains("--backend mpi"), "{e}"),
+        (true, true) => assert!(String::from_utf8_lossy(&o.stdout).contains("NCCL, device buffers")),
+        (true, false) => assert!(e.contains("--device cuda:"), "{e}"),
+    }
     let o =
         std::process::Command::new(BIN).args(["allreduce", "--min-bytes", "1M", "--max-bytes", "1K"]).output().unwrap();
     assert!(!o.status.success());

@@ -231,8 +231,15 @@ fn bad_input_is_refused_by_name() {
     let digits = format!("mnist:{}/tests/data/digits", env!("CARGO_MANIFEST_DIR"));
     let e = refused(&["train", "--model", "small", "--data", &digits, "--image-size", "8", "--classes", "5"]);
     assert!(e.contains("beyond --classes 5"), "{e}");
-    let e = refused(&["train", "--model", "small", "--device", "cuda", "--steps", "1"]);
-    assert!(e.contains("--device cuda") && e.contains("--features cuda"), "{e}");
+    // A CPU build refuses --device cuda; a CUDA build trains on a GPU, or, without
+    // one, refuses naming the flag and the missing driver or device.
+    let o = Command::new(BIN).args(["train", "--model", "small", "--device", "cuda", "--steps", "1"]).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    match (cfg!(feature = "cuda"), o.status.success()) {
+        (false, ok) => assert!(!ok && e.contains("--device cuda") && e.contains("--features cuda"), "{e}"),
+        (true, true) => assert!(String::from_utf8_lossy(&o.stdout).contains("done: 1 steps")),
+        (true, false) => assert!(e.contains("--device cuda:") && !e.contains("--features cuda"), "{e}"),
+    }
     let e = refused(&["train", "--model", "small", "--batch-size", "4096", "--steps", "1"]);
     assert!(e.contains("--batch-size 4096"), "{e}");
     let e = refused(&["train", "--model", "vgg16", "--image-size", "16"]);
