@@ -23,8 +23,10 @@ cargo test --release --locked --all-targets
 
 # The GPU path must at least compile: no GPU, driver or CUDA install exists on
 # these machines, so assemble CUDA 13.0 from PyPI wheels (cached outside the
-# clone) and build every target with the feature. Nothing of it runs here.
+# clone) and build every target with the feature, under the same lints. Its
+# kernels ran above, on the CPU (tests/kernels.rs); nothing else of it runs here.
 echo "test.sh: compiling the GPU path (cargo build --release --features cuda --all-targets)"
 eval "$(bash scripts/setup-cuda-toolkit.sh)"
 CARGO_TARGET_DIR="$CANDLE_MPI_CUDA_TARGET" cargo build --release --locked --features cuda --all-targets
+CARGO_TARGET_DIR="$CANDLE_MPI_CUDA_TARGET" cargo clippy --release --locked --features cuda --all-targets -- -D warnings
 echo "test.sh: GPU path compiled; all CPU tests passed"
