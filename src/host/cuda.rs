@@ -6,21 +6,21 @@ use cudarc::driver::{sys, CudaContext};
 
 use crate::comm::{Control, Nccl, WorldInfo};
 
-use super::device::gpu_ordinal;
-
 /// This build can run on GPUs.
 pub const GPU_BUILD: bool = true;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// This rank's GPU (`gpu_ordinal` of the visible ones), or an error that
-/// says what is missing.
-pub fn open_gpu(info: &WorldInfo) -> anyhow::Result<Device> {
-    let visible = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".to_string());
+/// How many GPUs CUDA shows this process, or an error that says what is missing.
+pub fn visible_gpu_count() -> anyhow::Result<usize> {
     let count = CudaContext::device_count().map_err(|e| {
         anyhow::anyhow!("--device cuda: the CUDA driver did not answer ({e}); is the NVIDIA driver installed? Use --device cpu without one")
-    })? as usize;
-    let ordinal = gpu_ordinal(count, info, &visible)?;
+    })?;
+    Ok(count as usize)
+}
+
+/// Opens visible GPU `ordinal` for this rank.
+pub fn open_gpu(ordinal: usize, info: &WorldInfo) -> anyhow::Result<Device> {
     Device::new_cuda(ordinal)
         .map_err(|e| anyhow::anyhow!("--device cuda: cannot open GPU {ordinal} on host {}: {e}", info.host))
 }

@@ -8,11 +8,15 @@ use crate::comm::{Control, Nccl, WorldInfo};
 /// This build runs on CPUs only.
 pub const GPU_BUILD: bool = false;
 
-pub fn open_gpu(_info: &WorldInfo) -> anyhow::Result<Device> {
-    anyhow::bail!(
-        "--device cuda: this build has no GPU support; rebuild with `cargo build --release --features cuda` \
-         (see the README's GPU section), or use --device cpu"
-    )
+const NO_GPU_SUPPORT: &str = "--device cuda: this build has no GPU support; rebuild with \
+     `cargo build --release --features cuda` (see the README's GPU section), or use --device cpu";
+
+pub fn visible_gpu_count() -> anyhow::Result<usize> {
+    anyhow::bail!(NO_GPU_SUPPORT)
+}
+
+pub fn open_gpu(_ordinal: usize, _info: &WorldInfo) -> anyhow::Result<Device> {
+    anyhow::bail!(NO_GPU_SUPPORT)
 }
 
 pub fn gpu_uuid(_device: &Device) -> anyhow::Result<Option<u128>> {

@@ -30,7 +30,11 @@ impl DeviceKind {
 pub fn select(kind: DeviceKind, info: &WorldInfo) -> anyhow::Result<Device> {
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
-        DeviceKind::Cuda => super::cuda::open_gpu(info),
+        DeviceKind::Cuda => {
+            let visible = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".to_string());
+            let ordinal = gpu_ordinal(super::cuda::visible_gpu_count()?, info, &visible)?;
+            super::cuda::open_gpu(ordinal, info)
+        }
     }
 }
 
