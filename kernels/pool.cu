@@ -1,4 +1,4 @@
-// Pooling on the GPU: the CUDA side of src/models/pool.rs, same windows,
+// Pooling on the GPU: the CUDA side of src/ops/pool/, same windows,
 // same tie rule (first maximum in row-major window order; NaN wins), same
 // accumulation order, so results match the CPU op bit for bit.
 //

@@ -29,4 +29,7 @@ echo "test.sh: compiling the GPU path (cargo build --release --features cuda --a
 eval "$(bash scripts/setup-cuda-toolkit.sh)"
 CARGO_TARGET_DIR="$CANDLE_MPI_CUDA_TARGET" cargo build --release --locked --features cuda --all-targets
 CARGO_TARGET_DIR="$CANDLE_MPI_CUDA_TARGET" cargo clippy --release --locked --features cuda --all-targets -- -D warnings
+# The one-call GPU check (scripts/gpu-check.sh): what of it can run without a GPU.
+echo "test.sh: the GPU check's pack and its run without a GPU (scripts/gpu-check.sh selftest)"
+bash scripts/gpu-check.sh selftest
 echo "test.sh: GPU path compiled; all CPU tests passed"

@@ -1,6 +1,6 @@
-//! The GPU suite (`cargo test --release --features cuda`): each test needs a
-//! CUDA device; where the driver answers but shows none, it prints
-//! "skipped: no CUDA device" and passes. With one it really runs: the
+//! The GPU suite (`cargo test --release --features cuda`): each test needs
+//! CUDA devices; where the driver shows fewer, it prints "skipped: needs N
+//! CUDA device(s), M visible" and passes. With them it really runs: the
 //! pooling kernels against the CPU op (bit for bit), the NCCL all-reduce, a
 //! training step of each network on the GPU (finite loss, no step skipped),
 //! and short runs with each gradient type that must end where the CPU run
@@ -17,12 +17,16 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use candle_mpi::ops::pool::{avg_pool2d, max_pool2d, Pool2d};
 
-const BIN: &str = env!("CARGO_BIN_EXE_candle-mpi");
+/// The binary under test: cargo's, or CANDLE_MPI_BIN where this suite runs
+/// away from its build (scripts/gpu-check.sh carries both to a GPU host).
+static BIN: LazyLock<String> =
+    LazyLock::new(|| std::env::var("CANDLE_MPI_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_candle-mpi").into()));
 
 fn gpus() -> usize {
     cudarc::driver::CudaContext::device_count().map(|n| n as usize).unwrap_or(0)
@@ -60,7 +64,7 @@ fn out_dir(tag: &str) -> PathBuf {
 /// `train ARGS --out DIR` on one process; its summary.json.
 fn train(tag: &str, args: &[&str]) -> serde_json::Value {
     let dir = out_dir(tag);
-    let o = Command::new(BIN).arg("train").args(args).arg("--out").arg(&dir).output().unwrap();
+    let o = Command::new(&*BIN).arg("train").args(args).arg("--out").arg(&dir).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{tag}: {}{err}", String::from_utf8_lossy(&o.stdout));
     let s = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
@@ -101,7 +105,7 @@ fn pooling_kernels_match_the_cpu_op_bit_for_bit() {
 #[test]
 fn nccl_allreduce_in_a_world_of_one_copies_the_buffer() {
     need_gpus!(1);
-    let o = Command::new(BIN)
+    let o = Command::new(&*BIN)
         .args(["allreduce", "--backend", "nccl", "--check", "--min-bytes", "1K", "--max-bytes", "16M", "--iters", "5"])
         .output()
         .unwrap();
@@ -122,7 +126,7 @@ fn nccl_sums_over_every_gpu() {
     let n = gpus();
     let run = common::mpirun(
         n,
-        BIN,
+        &BIN,
         &["allreduce", "--backend", "nccl", "--check", "--max-bytes", "64M"],
         Duration::from_secs(300),
     );
@@ -132,7 +136,7 @@ fn nccl_sums_over_every_gpu() {
     let dir_arg = dir.to_str().unwrap();
     let args =
         ["train", "--model", "alexnet", "--device", "cuda", "--image-size", "64", "--steps", "2", "--out", dir_arg];
-    let run = common::mpirun(n, BIN, &args, Duration::from_secs(300));
+    let run = common::mpirun(n, &BIN, &args, Duration::from_secs(300));
     common::assert_ok(&run, &format!("training on {n} GPUs"));
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
