@@ -14,8 +14,10 @@ cd "$(dirname "$0")/.."
 #   libfontconfig1-dev, libfreetype-dev, fonts-dejavu-core
 #                                the report's figures: plotters finds and draws a font through them
 #   g++                          tests/kernels.rs compiles the CUDA kernels as host C++
+#   iproute2                     ip and tc: the virtual cluster's hosts and links (scripts/cluster.sh)
+#   xz-utils                     the GPU check's archive (scripts/gpu-check.sh pack)
 PACKAGES=(openmpi-bin libopenmpi-dev libclang-dev clang libffi-dev pkg-config numactl hwloc
-          libfontconfig1-dev libfreetype-dev fonts-dejavu-core g++)
+          libfontconfig1-dev libfreetype-dev fonts-dejavu-core g++ iproute2 xz-utils)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

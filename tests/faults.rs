@@ -205,6 +205,7 @@ fn a_rank_frozen_at_start_up_or_in_validation_ends_the_job() {
         "{}",
         run.output
     );
+    assert!(run.output.contains("rank(s) 1 (last seen before step 1) never arrived"), "{}", run.output);
     assert!(run.elapsed >= Duration::from_secs(3) && run.elapsed < Duration::from_secs(30));
     assert_none_left("1212");
 

@@ -10,7 +10,8 @@
 //! validation (`validation.rs`) and the gathered records. `run.rs` puts the
 //! phases in order, `config.rs` says what a run is asked to do, `launch.rs`
 //! is the command's entry (start-up, progress, records on disk);
-//! `handshake.rs`, `checkpoint.rs`, `watchdog.rs` and `fault.rs` serve the
+//! `handshake.rs`, `checkpoint.rs`, `watchdog.rs` (with `peers.rs`, its view
+//! of other hosts) and `fault.rs` serve the
 //! phases; `weights.rs` reads and writes weights under torchvision's names
 //! (`--init-from`, `export`), and `eval.rs` measures weights on a data set.
 
@@ -22,6 +23,7 @@ pub mod fault;
 mod finish;
 mod handshake;
 mod launch;
+mod peers;
 mod progress;
 mod run;
 mod setup;

@@ -145,15 +145,16 @@ impl Local {
 
 impl<'a> Run<'a> {
     /// Collective: everything before step 1, in the same order on every
-    /// rank, each collective watched: first what a rank builds alone, then the
-    /// start-up check, the resumed checkpoint, rank 0's weights, the
-    /// exchange's buckets and the watchdog's counters.
+    /// rank, each collective watched: first what a rank builds alone, then
+    /// where the watchdog reads every rank's progress, the start-up check,
+    /// the resumed checkpoint, rank 0's weights, the exchange's buckets.
     pub fn prepare(cfg: &'a TrainConfig, comm: &'a Comm, device: &'a Device) -> anyhow::Result<Self> {
         let info = comm.info().clone();
         let control = comm.control();
         let mut watchdog = Watchdog::start(&info, cfg.collective_timeout);
         let mut local = Local::build(cfg, &info, device)?;
         let data_text = local.data_text(cfg);
+        watchdog.share_progress(control)?;
         fault::strike_process(cfg.fault, info.rank, 0)?;
         watchdog.watch(0, "the start-up check", || handshake(cfg, &local.params, &data_text, control))?;
         if let Some(path) = &cfg.init_from {
@@ -185,7 +186,6 @@ impl<'a> Run<'a> {
         let exchange = watchdog.watch(0, "allocating the exchange's buckets", || {
             GradExchange::new(&local.params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport)
         })?;
-        watchdog.share_progress(control)?;
         Self::assemble(cfg, comm, device, info, local, first_step, watchdog, exchange)
     }
 

@@ -6,9 +6,10 @@
 //! It starts before a run's first collective and watches every one of them,
 //! from the start-up check to the last gather. Each rank publishes how many
 //! collectives it has entered, at which step, and whether it is writing a
-//! checkpoint, in a small MPI-3 shared window (when every rank shares this
-//! host; until that window exists, or across hosts, it can time a wait but
-//! not name who is behind). A thread checks every 100 ms how long the main
+//! checkpoint: in a small MPI-3 shared window when every rank shares this
+//! host, and else on a TCP port of its own that the others ask once their
+//! wait has timed out (`peers.rs`); until that is set up, first thing, it
+//! can time a wait but not name who is behind. A thread checks every 100 ms how long the main
 //! thread has been inside the current collective. Past the timeout it prints
 //! which ranks are behind and exits the process with status 124 without
 //! finalising MPI; the launcher (mpirun) then ends every other rank. A wait
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::peers::{self, Peers, Progress, Seen, Server};
 use crate::comm::{Control, SharedWindow, WorldInfo};
 
 /// Exit status of a rank that gave up waiting (as `timeout(1)` uses).
@@ -40,8 +42,26 @@ struct Waiting {
 struct Shared {
     waiting: Mutex<Option<Waiting>>,
     stop: AtomicBool,
-    /// The ranks' progress slots, once the window exists.
-    slots: OnceLock<Slots>,
+    /// Where the other ranks' progress is read, once the start-up check is over.
+    board: OnceLock<Board>,
+    /// This rank's progress, served to ranks on other hosts.
+    own: Arc<Progress>,
+}
+
+/// The ranks' progress: in one host's shared window, or asked over TCP.
+enum Board {
+    Window(Slots),
+    Peers(Peers),
+}
+
+impl Board {
+    /// Rank `rank`'s progress; None where it does not answer.
+    fn read(&self, rank: usize) -> Option<Seen> {
+        match self {
+            Board::Window(slots) => Some(slots.read(rank)),
+            Board::Peers(peers) => peers.read(rank),
+        }
+    }
 }
 
 /// Raw addresses of the ranks' progress slots, for the watchdog thread.
@@ -72,14 +92,19 @@ pub struct Watchdog {
     seq: u64,
     my_slot: Option<usize>,
     window: Option<Rc<SharedWindow>>,
+    server: Option<Server>,
 }
 
 impl Watchdog {
     /// Starts watching this rank (no collective: call it before the first).
     /// `timeout` zero disables it.
     pub fn start(info: &WorldInfo, timeout: Duration) -> Watchdog {
-        let shared =
-            Arc::new(Shared { waiting: Mutex::new(None), stop: AtomicBool::new(false), slots: OnceLock::new() });
+        let shared = Arc::new(Shared {
+            waiting: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            board: OnceLock::new(),
+            own: Arc::new(Progress::default()),
+        });
         let (rank, size) = (info.rank, info.size);
         let thread = (timeout > Duration::ZERO && size > 1).then(|| {
             let shared = shared.clone();
@@ -88,11 +113,12 @@ impl Watchdog {
                 .spawn(move || watch(&shared, rank, size, timeout))
                 .expect("spawn the watchdog thread")
         });
-        Watchdog { shared, thread, seq: 0, my_slot: None, window: None }
+        Watchdog { shared, thread, seq: 0, my_slot: None, window: None, server: None }
     }
 
-    /// Collective, watched: the shared window the ranks publish their
-    /// progress in, so that a wait can name the ranks that never arrived.
+    /// Collective, watched: where the ranks publish their progress (one
+    /// host's shared window, else each rank's TCP port), so that a wait can
+    /// name the ranks that never arrived.
     pub fn share_progress(&mut self, control: &Control) -> anyhow::Result<()> {
         let info = control.info();
         if info.size < 2 {
@@ -104,8 +130,14 @@ impl Watchdog {
         if let Some(w) = window {
             let slots = Slots((0..info.size).map(|r| w.slot_address(r)).collect());
             self.my_slot = Some(slots.0[info.rank]);
-            let _ = self.shared.slots.set(slots);
+            let _ = self.shared.board.set(Board::Window(slots));
             self.window = Some(w);
+        } else {
+            let own = self.shared.own.clone();
+            let (server, peers) =
+                self.watch(0, "start-up (the watchdog's progress ports)", || peers::publish(control, own))?;
+            self.server = Some(server);
+            let _ = self.shared.board.set(Board::Peers(peers));
         }
         Ok(())
     }
@@ -113,6 +145,7 @@ impl Watchdog {
     /// The main thread is about to wait in `what` at `step` (0: before step 1).
     pub fn enter(&mut self, step: usize, what: &'static str) {
         self.seq += 1;
+        self.shared.own.entered(self.seq, step);
         if let Some(addr) = self.my_slot {
             // SAFETY: this rank's own slot in the live window.
             unsafe {
@@ -140,6 +173,7 @@ impl Watchdog {
     /// Tells the other ranks that this one is writing a checkpoint (their
     /// waits for it do not count) or has finished.
     pub fn writing_checkpoint(&mut self, writing: bool) {
+        self.shared.own.writing_checkpoint(writing);
         if let Some(addr) = self.my_slot {
             // SAFETY: this rank's own slot in the live window.
             unsafe { (*(addr as *const AtomicU64).add(2)).store(u64::from(writing), Ordering::Release) };
@@ -163,6 +197,7 @@ impl Watchdog {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.server = None;
     }
 }
 
@@ -173,45 +208,90 @@ impl Drop for Watchdog {
     }
 }
 
-/// Who is behind this rank's wait number `seq`: the ranks that have not
-/// entered it yet, with the step they were last seen at; and whether one of
-/// them is writing a checkpoint.
-fn behind(slots: &Slots, rank: usize, size: usize, seq: u64) -> (Vec<String>, bool) {
-    let mut writing = false;
-    let who = (0..size)
-        .filter(|&r| r != rank)
-        .filter_map(|r| {
-            let (entered, step, busy) = slots.read(r);
-            writing |= busy && entered < seq;
-            (entered < seq).then(|| format!("{r} (last seen at step {step})"))
-        })
-        .collect();
-    (who, writing)
+/// Who is behind this rank's wait number `seq`, each with the step it was
+/// last seen at, and whether one of them is writing a checkpoint.
+#[derive(Default)]
+struct Behind {
+    late: Vec<String>,
+    /// Ranks asked over TCP that did not answer (ended, dead, unreachable).
+    silent: Vec<usize>,
+    writing: bool,
+}
+
+impl Behind {
+    /// For the watchdog's message: the late ranks first, they are the cause;
+    /// silent ones are most often ranks whose own wait ended them already.
+    fn describe(&self) -> String {
+        let silent = self.silent.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ");
+        match (self.late.is_empty(), self.silent.is_empty()) {
+            (true, true) => "every rank arrived; the collective itself is stuck".to_string(),
+            (false, true) => format!("rank(s) {} never arrived", self.late.join(", ")),
+            (false, false) => format!(
+                "rank(s) {} never arrived (rank(s) {silent} no longer answer: ended, dead, or unreachable)",
+                self.late.join(", ")
+            ),
+            (true, false) => format!("rank(s) {silent} do not answer: ended, dead, or their host unreachable"),
+        }
+    }
+}
+
+/// Reads every other rank's progress (ranks on other hosts asked all at once).
+fn behind(board: &Board, rank: usize, size: usize, seq: u64) -> Behind {
+    let others: Vec<usize> = (0..size).filter(|&r| r != rank).collect();
+    let seen: Vec<Option<Seen>> = match board {
+        Board::Window(_) => others.iter().map(|&r| board.read(r)).collect(),
+        Board::Peers(_) => std::thread::scope(|s| {
+            let asks: Vec<_> = others.iter().map(|&r| s.spawn(move || board.read(r))).collect();
+            asks.into_iter().map(|a| a.join().unwrap_or(None)).collect()
+        }),
+    };
+    let mut out = Behind::default();
+    for (&r, seen) in others.iter().zip(seen) {
+        match seen {
+            None => out.silent.push(r),
+            Some((entered, step, busy)) if entered < seq => {
+                out.writing |= busy;
+                let at = if step == 0 { "before step 1".to_string() } else { format!("at step {step}") };
+                out.late.push(format!("{r} (last seen {at})"));
+            }
+            Some(_) => {}
+        }
+    }
+    out
 }
 
 fn watch(shared: &Shared, rank: usize, size: usize, timeout: Duration) {
+    let tick = Duration::from_millis(100);
     let mut excused = Duration::ZERO;
     let mut last_seq = 0;
     while !shared.stop.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(tick);
         let Some(w) = *shared.waiting.lock().unwrap_or_else(|p| p.into_inner()) else { continue };
         if w.seq != last_seq {
             (last_seq, excused) = (w.seq, Duration::ZERO);
         }
-        let who = shared.slots.get().map(|slots| behind(slots, rank, size, w.seq));
-        if who.as_ref().is_some_and(|(_, writing)| *writing) {
-            // A rank writing a checkpoint is not stuck: this wait does not count.
-            excused += Duration::from_millis(100);
-            continue;
+        let board = shared.board.get();
+        // The shared window is cheap to read on every tick: a wait for a rank
+        // writing a checkpoint does not count.
+        if let Some(b @ Board::Window(_)) = board {
+            if behind(b, rank, size, w.seq).writing {
+                excused += tick;
+                continue;
+            }
         }
         let waited = w.since.elapsed();
         if waited.saturating_sub(excused) < timeout {
             continue;
         }
+        let who = board.map(|b| behind(b, rank, size, w.seq));
+        if who.as_ref().is_some_and(|b| b.writing) {
+            // Ranks asked over TCP: one is writing a checkpoint; ask again in a second.
+            excused = waited.saturating_sub(timeout) + Duration::from_secs(1);
+            continue;
+        }
         let who = match who {
-            Some((behind, _)) if behind.is_empty() => "every rank arrived; the collective itself is stuck".to_string(),
-            Some((behind, _)) => format!("rank(s) {} never arrived", behind.join(", ")),
-            None => "ranks on other hosts cannot be watched from here; one of them is dead or stuck".to_string(),
+            Some(behind) => behind.describe(),
+            None => "the ranks' progress is not shared yet (start-up); one of them is dead or stuck".to_string(),
         };
         let when = if w.step == 0 { "before step 1".to_string() } else { format!("step {}", w.step) };
         eprintln!(

@@ -136,7 +136,8 @@ pub fn execute(cfg: &BenchConfig, spec: &RunSpec) -> anyhow::Result<RunRecord> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let cores = threads::host_cores();
-    let oversubscribed = spec.workers > cores;
+    // With a hostfile, its slots place the ranks; without, they share this host.
+    let oversubscribed = cfg.hostfile.is_none() && spec.workers > cores;
     let start = Instant::now();
     let deadline = start + cfg.run_timeout;
     let outcome = match spec.kind {
