@@ -168,25 +168,68 @@ fn the_cluster_has_no_way_out_and_leaves_nothing_behind() {
     assert!(!state_dir(&name).exists(), "the cluster's folder is left behind");
 }
 
+/// `train` on `np` ranks of `cluster` (or of this host), its summary.
+fn trained(cluster: Option<&Cluster>, np: usize, tag: &str, extra: &[&str]) -> serde_json::Value {
+    let dir = temp(tag);
+    let args = train_args("3", &[extra, &["--out", dir.to_str().unwrap()]].concat());
+    let run = match cluster {
+        Some(c) => c.mpirun(np, &args),
+        None => common::mpirun(np, BIN, &args, Duration::from_secs(120)),
+    };
+    common::assert_ok(&run, tag);
+    let s = summary(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    s
+}
+
 #[test]
-fn two_hosts_of_two_ranks_train_to_the_bits_of_one_host() {
+fn the_hierarchical_exchange_leaves_the_flat_ones_bits_and_half_its_bytes_between_hosts() {
     let _one = lock();
     let Some(c) = Cluster::up("cb", 2, 2, None) else { return };
-    let (across, here) = (temp("across"), temp("here"));
-    let run = c.mpirun(4, &train_args("3", &["--out", across.to_str().unwrap()]));
+    for dtype in ["f16", "bf16", "f32"] {
+        let flat = trained(Some(&c), 4, "flat", &["--transport", "messages", "--grad-dtype", dtype]);
+        let hier = trained(Some(&c), 4, "hier", &["--transport", "hierarchical", "--grad-dtype", dtype]);
+        let auto = trained(Some(&c), 4, "auto", &["--grad-dtype", dtype]);
+        assert_eq!(flat["world_size"], 4);
+        for s in [&hier, &auto] {
+            assert_eq!(
+                s["param_l2"], flat["param_l2"],
+                "{dtype}: parameters after 3 steps differ from the flat exchange's"
+            );
+            assert_eq!(s["final_loss"], flat["final_loss"], "{dtype}");
+        }
+        let (f, h) = (flat["between_hosts_bytes"].as_f64().unwrap(), hier["between_hosts_bytes"].as_f64().unwrap());
+        eprintln!("{dtype}: bytes between hosts per step, flat {f}, hierarchical {h}");
+        assert!(f > 0.0, "{dtype}: the flat exchange sent nothing between hosts");
+        assert_eq!(h * 2.0, f, "{dtype}: hierarchical sends 1/(ranks per host) of the flat bytes between hosts");
+        assert_eq!(auto["between_hosts_bytes"], hier["between_hosts_bytes"], "auto takes the hierarchical exchange");
+    }
+}
+
+#[test]
+fn one_rank_per_host_trains_to_the_bits_of_one_host() {
+    let _one = lock();
+    let Some(c) = Cluster::up("cr", 2, 1, None) else { return };
+    let across = trained(Some(&c), 2, "across", &[]);
+    let here = trained(None, 2, "here", &[]);
+    assert_eq!(across["param_l2"], here["param_l2"], "parameters after 3 steps differ between 2 hosts and 1");
+    assert_eq!(across["final_loss"], here["final_loss"]);
+    assert_eq!(here["between_hosts_bytes"], 0.0, "one host sends nothing between hosts");
+    assert!(across["between_hosts_bytes"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn ranks_are_placed_on_hosts_under_their_own_names() {
+    let _one = lock();
+    let Some(c) = Cluster::up("cp", 2, 2, None) else { return };
+    let dir = temp("names");
+    let run = c.mpirun(4, &train_args("1", &["--out", dir.to_str().unwrap()]));
     common::assert_ok(&run, "training on 2 hosts x 2 ranks");
-    let on_one = common::mpirun(4, BIN, &train_args("3", &["--out", here.to_str().unwrap()]), Duration::from_secs(120));
-    common::assert_ok(&on_one, "training on 1 host x 4 ranks");
-    let (a, b) = (summary(&across), summary(&here));
-    assert_eq!(a["world_size"], 4);
-    assert_eq!(a["param_l2"], b["param_l2"], "parameters after 3 steps differ between 2 hosts and 1");
-    assert_eq!(a["final_loss"], b["final_loss"]);
     let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(across.join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["rank0_host"], c.namespace(0), "rank 0 runs on host 0 under its own host name");
     assert_eq!(config["ranks_on_rank0_host"], 2, "the hosts' ranks share memory two by two");
-    let _ = std::fs::remove_dir_all(&across);
-    let _ = std::fs::remove_dir_all(&here);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

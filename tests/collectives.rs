@@ -126,7 +126,7 @@ fn check_type<T: WireElem>(comm: &Comm, dtype: GradDtype, transport: Transport, 
 #[test]
 #[ignore = "runs under mpirun, launched by the tests above"]
 fn worker_sums() {
-    let comm = Comm::mpi(World::init().unwrap());
+    let comm = Comm::mpi(World::init().unwrap()).unwrap();
     for transport in [Transport::Auto, Transport::Messages] {
         // One rounding of the result: half an ulp of f16 (2^-11), bf16 (2^-8), f32 (2^-24).
         check_type::<f16>(&comm, GradDtype::F16, transport, 2f64.powi(-11));
@@ -184,7 +184,7 @@ fn grads_for(params: &[(String, Var)], me: usize) -> GradStore {
 #[test]
 #[ignore = "runs under mpirun, launched by the tests above"]
 fn worker_exchange() {
-    let comm = Comm::mpi(World::init().unwrap());
+    let comm = Comm::mpi(World::init().unwrap()).unwrap();
     let (me, n) = (comm.info().rank, comm.info().size);
     let params = params_for_rank(me);
     // Buckets of 4 elements: boundaries fall inside a.weight/b.weight and between tensors.
@@ -253,7 +253,7 @@ fn worker_exchange() {
 #[test]
 #[ignore = "runs under mpirun, launched by the tests above"]
 fn worker_nonfinite() {
-    let comm = Comm::mpi(World::init().unwrap());
+    let comm = Comm::mpi(World::init().unwrap()).unwrap();
     let me = comm.info().rank;
     let params = params_for_rank(me);
     for transport in [Transport::Auto, Transport::Messages] {

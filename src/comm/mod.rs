@@ -1,14 +1,16 @@
 //! The transports under the exchange, in Horovod's split: a control plane
 //! (`control.rs`: barrier, gathers, broadcasts, abort; always MPI) apart from
 //! the data plane that sums gradient buffers: MPI messages (`messages.rs`),
-//! a shared-memory window where every rank shares one host (`shm.rs`), or
-//! NCCL on GPUs (`nccl.rs`, feature `cuda`). `wire.rs` and `simd.rs` are the
+//! the same in two levels across hosts (`hierarchy.rs`: inside each host,
+//! then one host's share between hosts), a shared-memory window where every
+//! rank shares one host (`shm.rs`), or NCCL on GPUs (`nccl.rs`, feature `cuda`). `wire.rs` and `simd.rs` are the
 //! element types that travel and their conversions, `segments.rs` how a
 //! buffer is shared out between ranks, `world.rs` the MPI process itself.
 //! Everything around the call (order, buckets, scaling, checks) is the
 //! exchange's (`crate::exchange`).
 
 pub mod control;
+pub mod hierarchy;
 pub mod messages;
 #[cfg(feature = "cuda")]
 pub mod nccl;
@@ -22,6 +24,7 @@ pub mod wire;
 pub mod world;
 
 pub use self::control::Control;
+pub use self::hierarchy::Hierarchy;
 pub use self::messages::Messages;
 pub use self::nccl::Nccl;
 pub use self::shm::SharedWindow;
@@ -33,19 +36,22 @@ pub use self::world::{World, WorldInfo};
 pub struct Comm {
     control: Control,
     messages: Messages,
+    hierarchy: Option<Hierarchy>,
     nccl: Option<Nccl>,
 }
 
 impl Comm {
-    /// Ranks whose gradients live on the host: MPI carries everything.
-    pub fn mpi(world: World) -> Self {
+    /// Collective. Ranks whose gradients live on the host: MPI carries everything.
+    pub fn mpi(world: World) -> anyhow::Result<Self> {
         Self::new(Control::new(world), None)
     }
 
-    /// The control plane, and NCCL for GPU ranks.
-    pub fn new(control: Control, nccl: Option<Nccl>) -> Self {
+    /// Collective: the control plane, the data planes of host memory, and
+    /// NCCL for GPU ranks.
+    pub fn new(control: Control, nccl: Option<Nccl>) -> anyhow::Result<Self> {
         let messages = Messages::new(&control);
-        Self { control, messages, nccl }
+        let hierarchy = Hierarchy::new(&control)?;
+        Ok(Self { control, messages, hierarchy, nccl })
     }
 
     pub fn info(&self) -> &WorldInfo {
@@ -62,12 +68,38 @@ impl Comm {
     }
 
     /// Who sums host wire buffers that are not in shared memory: NCCL (on
-    /// device copies) where the rank has it, MPI messages otherwise.
-    pub fn host_reduce(&self) -> &dyn Reduce {
-        match &self.nccl {
-            Some(nccl) => nccl,
-            None => &self.messages,
+    /// device copies) where the rank has it; else the hierarchical exchange
+    /// where the ranks span hosts evenly and `transport` allows; else flat
+    /// MPI messages.
+    pub fn host_reduce(&self, transport: Transport) -> &dyn Reduce {
+        match (&self.nccl, &self.hierarchy, transport) {
+            (Some(nccl), _, _) => nccl,
+            (None, Some(h), Transport::Auto | Transport::Hierarchical) => h,
+            _ => &self.messages,
         }
+    }
+
+    /// Refuses a transport the job's layout cannot give.
+    pub fn check_transport(&self, transport: Transport) -> anyhow::Result<()> {
+        if transport == Transport::Hierarchical && self.hierarchy.is_none() {
+            let sizes: Vec<usize> = self.control.world().hosts().iter().map(Vec::len).collect();
+            anyhow::bail!(
+                "--transport hierarchical: needs ranks on 2 or more hosts with as many ranks on each; this job has \
+                 {} host(s) with {sizes:?} rank(s); use auto or messages",
+                sizes.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// True where host buffers take the hierarchical exchange under `transport`.
+    pub fn is_hierarchical(&self, transport: Transport) -> bool {
+        self.nccl.is_none() && self.hierarchy.is_some() && transport != Transport::Messages
+    }
+
+    /// Bytes this rank has sent to ranks on other hosts through MPI data planes.
+    pub fn sent_between_hosts(&self) -> u64 {
+        self.messages.sent_between_hosts() + self.hierarchy.as_ref().map_or(0, Hierarchy::sent_between_hosts)
     }
 
     /// NCCL, for exchanges that stay on the GPU.
@@ -80,8 +112,11 @@ impl Comm {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
-    /// Shared memory when every rank is on one host, messages otherwise
+    /// Shared memory when every rank is on one host; across hosts with as
+    /// many ranks on each, hierarchical; else messages
     Auto,
-    /// Always MPI messages (all-to-all + all-gather), as between hosts
+    /// Always flat MPI messages (all-to-all + all-gather over every rank)
     Messages,
+    /// Inside each host first, then one host's share between hosts (needs 2 or more hosts with as many ranks on each)
+    Hierarchical,
 }

@@ -1,5 +1,7 @@
-//! The MPI world a job starts from: rank, size, local rank and size, host.
+//! The MPI world a job starts from: rank, size, local rank and size, host,
+//! and which ranks share each host.
 
+use mpi::collective::{CommunicatorCollectives, Root};
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use serde::Serialize;
@@ -20,6 +22,7 @@ pub struct World {
     // Field order matters: the communicator must go before MPI is finalised.
     comm: SimpleCommunicator,
     info: WorldInfo,
+    hosts: Vec<Vec<usize>>,
     _universe: Universe,
 }
 
@@ -31,6 +34,11 @@ impl World {
         let comm = universe.world();
         let shared = comm.split_shared(comm.rank());
         let host = mpi::environment::processor_name().unwrap_or_else(|_| "unknown-host".to_string());
+        // Each host by the lowest world rank on it: the first of its shared-memory group.
+        let mut first = comm.rank();
+        shared.process_at_rank(0).broadcast_into(&mut first);
+        let mut firsts = vec![0i32; comm.size() as usize];
+        comm.all_gather_into(&first, &mut firsts[..]);
         let info = WorldInfo {
             rank: comm.rank() as usize,
             size: comm.size() as usize,
@@ -39,7 +47,7 @@ impl World {
             host,
         };
         drop(shared);
-        Ok(World { comm, info, _universe: universe })
+        Ok(World { comm, info, hosts: hosts_of(&firsts), _universe: universe })
     }
 
     pub fn info(&self) -> &WorldInfo {
@@ -49,6 +57,24 @@ impl World {
     pub(crate) fn comm(&self) -> &SimpleCommunicator {
         &self.comm
     }
+
+    /// The world's ranks by host: hosts in the order of their lowest rank,
+    /// each host's ranks ascending (the order every reduction adds in).
+    pub fn hosts(&self) -> &[Vec<usize>] {
+        &self.hosts
+    }
+}
+
+/// Ranks grouped by the first rank of their host (`first[r]` for rank r).
+fn hosts_of(first: &[i32]) -> Vec<Vec<usize>> {
+    let mut hosts: Vec<Vec<usize>> = Vec::new();
+    for (rank, &f) in first.iter().enumerate() {
+        match hosts.iter_mut().find(|h| h[0] == f as usize) {
+            Some(h) => h.push(rank),
+            None => hosts.push(vec![rank]),
+        }
+    }
+    hosts
 }
 
 impl Drop for World {
@@ -60,5 +86,18 @@ impl Drop for World {
             eprintln!("rank {}: panicked; aborting the MPI job", self.info.rank);
             self.comm.abort(70);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hosts_of;
+
+    #[test]
+    fn ranks_are_grouped_by_host_in_order_of_their_first_rank() {
+        assert_eq!(hosts_of(&[0, 0, 0]), vec![vec![0, 1, 2]]);
+        assert_eq!(hosts_of(&[0, 0, 2, 2]), vec![vec![0, 1], vec![2, 3]]);
+        // Round-robin placement: ranks 0 and 2 on one host, 1 and 3 on the other.
+        assert_eq!(hosts_of(&[0, 1, 0, 1]), vec![vec![0, 2], vec![1, 3]]);
     }
 }

@@ -47,6 +47,8 @@ pub struct WireBucket {
     dtype: GradDtype,
     len: usize,
     place: Place,
+    /// Which data plane sums a bucket in local memory.
+    transport: Transport,
 }
 
 /// Runs `$body` with `$T` bound to the Rust type of `$dtype`.
@@ -70,14 +72,14 @@ macro_rules! with_wire_type {
 }
 
 impl WireBucket {
-    /// A bucket in this process's memory (reduced with messages).
-    pub fn local(dtype: GradDtype, len: usize) -> Self {
+    /// A bucket in this process's memory, reduced by `transport`'s data plane.
+    pub fn local(dtype: GradDtype, len: usize, transport: Transport) -> Self {
         let buf = match dtype {
             GradDtype::F16 => LocalBuf::F16(vec![f16::ZERO; len]),
             GradDtype::Bf16 => LocalBuf::Bf16(vec![bf16::ZERO; len]),
             GradDtype::F32 => LocalBuf::F32(vec![0.0; len]),
         };
-        Self { dtype, len, place: Place::Local(buf) }
+        Self { dtype, len, place: Place::Local(buf), transport }
     }
 
     /// Collective: buckets of these lengths, in one shared window when the
@@ -91,21 +93,23 @@ impl WireBucket {
         let ranks = comm.info().size;
         let inputs: usize = lens.iter().map(|l| l * dtype.size()).sum();
         let results: usize = lens.iter().map(|&l| l.div_ceil(ranks) * dtype.size()).sum();
+        comm.check_transport(transport)?;
         let window = match transport {
             Transport::Auto => SharedWindow::new(comm.control(), inputs + results)?,
-            Transport::Messages => None,
+            Transport::Messages | Transport::Hierarchical => None,
         };
         let (mut offset, mut result) = (0, inputs);
         Ok(lens
             .iter()
             .map(|&len| match &window {
                 Some(w) => {
-                    let b = WireBucket { dtype, len, place: Place::Shared { window: w.clone(), offset, result } };
+                    let place = Place::Shared { window: w.clone(), offset, result };
+                    let b = WireBucket { dtype, len, place, transport };
                     offset += len * dtype.size();
                     result += len.div_ceil(ranks) * dtype.size();
                     b
                 }
-                None => WireBucket::local(dtype, len),
+                None => WireBucket::local(dtype, len, transport),
             })
             .collect())
     }
@@ -155,9 +159,9 @@ impl WireBucket {
     /// same bucket in the same order).
     pub fn all_reduce(&mut self, comm: &Comm) -> anyhow::Result<()> {
         match &mut self.place {
-            Place::Local(LocalBuf::F16(b)) => comm.host_reduce().all_reduce_sum(WireBuf::F16(b)),
-            Place::Local(LocalBuf::Bf16(b)) => comm.host_reduce().all_reduce_sum(WireBuf::Bf16(b)),
-            Place::Local(LocalBuf::F32(b)) => comm.host_reduce().all_reduce_sum(WireBuf::F32(b)),
+            Place::Local(LocalBuf::F16(b)) => comm.host_reduce(self.transport).all_reduce_sum(WireBuf::F16(b)),
+            Place::Local(LocalBuf::Bf16(b)) => comm.host_reduce(self.transport).all_reduce_sum(WireBuf::Bf16(b)),
+            Place::Local(LocalBuf::F32(b)) => comm.host_reduce(self.transport).all_reduce_sum(WireBuf::F32(b)),
             Place::Shared { window, offset, result } => {
                 with_wire_type!(self.dtype, T, { window.all_reduce_sum::<T>(*offset, *result, self.len) });
                 Ok(())

@@ -38,7 +38,7 @@ pub fn start_rank(kind: DeviceKind) -> anyhow::Result<Rank> {
     let device = control.agree(&format!("--device {}", kind.name()), device::select(kind, control.info()))?;
     device::check_one_rank_per_gpu(&control, &device)?;
     let nccl = cuda::nccl_for(&device, &control)?;
-    Ok(Rank { comm: Comm::new(control, nccl), device })
+    Ok(Rank { comm: Comm::new(control, nccl)?, device })
 }
 
 impl Rank {

@@ -24,6 +24,8 @@ pub struct StepRecord {
     pub comm_s: f64,
     pub samples: usize,
     pub skipped: bool,
+    /// Bytes the exchange sent to ranks on other hosts (MPI data planes).
+    pub between_hosts_bytes: u64,
 }
 
 impl StepRecord {
@@ -33,14 +35,15 @@ impl StepRecord {
     }
 }
 
-pub const CSV_HEADER: &str = "step,rank,epoch,loss,lr,data_s,compute_s,wait_s,comm_s,samples,skipped";
+pub const CSV_HEADER: &str =
+    "step,rank,epoch,loss,lr,data_s,compute_s,wait_s,comm_s,samples,skipped,between_hosts_bytes";
 
 /// The rows as CSV, header first.
 pub fn to_csv(rows: &[StepRecord]) -> String {
     let mut out = format!("{CSV_HEADER}\n");
     for r in rows {
         out.push_str(&format!(
-            "{},{},{},{},{},{:.9},{:.9},{:.9},{:.9},{},{}\n",
+            "{},{},{},{},{},{:.9},{:.9},{:.9},{:.9},{},{},{}\n",
             r.step,
             r.rank,
             r.epoch,
@@ -51,7 +54,8 @@ pub fn to_csv(rows: &[StepRecord]) -> String {
             r.wait_s,
             r.comm_s,
             r.samples,
-            u8::from(r.skipped)
+            u8::from(r.skipped),
+            r.between_hosts_bytes
         ));
     }
     out
@@ -60,7 +64,7 @@ pub fn to_csv(rows: &[StepRecord]) -> String {
 /// Every rank's records, ordered by step then rank (collective). The step,
 /// epoch and learning rate are the same on every rank; the rest travels.
 pub fn gather(mine: &[StepRecord], control: &Control) -> anyhow::Result<Vec<StepRecord>> {
-    const FIELDS: usize = 7;
+    const FIELDS: usize = 8;
     let mut flat = Vec::with_capacity(mine.len() * FIELDS);
     for r in mine {
         flat.extend([
@@ -71,6 +75,7 @@ pub fn gather(mine: &[StepRecord], control: &Control) -> anyhow::Result<Vec<Step
             r.loss as f64,
             r.samples as f64,
             f64::from(u8::from(r.skipped)),
+            r.between_hosts_bytes as f64,
         ]);
     }
     let all = control.all_gather_f64s(&flat)?;
@@ -88,6 +93,7 @@ pub fn gather(mine: &[StepRecord], control: &Control) -> anyhow::Result<Vec<Step
                 loss: v[4] as f32,
                 samples: v[5] as usize,
                 skipped: v[6] != 0.0,
+                between_hosts_bytes: v[7] as u64,
                 ..template.clone()
             });
         }
@@ -109,6 +115,8 @@ pub struct StepStats {
     pub comm_s: f64,
     pub wait_s: f64,
     pub data_s: f64,
+    /// Bytes sent between hosts in a step, all ranks together (median over the later steps).
+    pub between_hosts_bytes: f64,
 }
 
 /// `all` ordered by step then rank, as `gather` returns it; the first
@@ -135,6 +143,9 @@ pub fn step_stats(all: &[StepRecord], world: usize, warmup: usize) -> StepStats 
         comm_s: part(|r| r.comm_s),
         wait_s: part(|r| r.wait_s),
         data_s: part(|r| r.data_s),
+        between_hosts_bytes: median(
+            &later.iter().map(|rows| rows.iter().map(|r| r.between_hosts_bytes as f64).sum()).collect::<Vec<_>>(),
+        ),
     }
 }
 
@@ -155,6 +166,7 @@ mod tests {
             comm_s: 0.25,
             samples: 8,
             skipped: false,
+            between_hosts_bytes: 0,
         }
     }
 
@@ -164,8 +176,8 @@ mod tests {
         let csv = to_csv(&[r.clone(), StepRecord { step: 4, skipped: false, ..r }]);
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines[0], CSV_HEADER);
-        assert_eq!(lines[1], "3,1,0,1.5,0.1,0.001000000,0.500000000,0.000000000,0.250000000,8,1");
-        assert!(lines[2].starts_with("4,1,") && lines[2].ends_with(",8,0"));
+        assert_eq!(lines[1], "3,1,0,1.5,0.1,0.001000000,0.500000000,0.000000000,0.250000000,8,1,0");
+        assert!(lines[2].starts_with("4,1,") && lines[2].ends_with(",8,0,0"));
     }
 
     #[test]

@@ -53,7 +53,9 @@ impl Run<'_> {
         self.watchdog.enter(step + 1, "the barrier before the gradient exchange");
         self.comm.control().barrier()?;
         let all_arrived = Instant::now();
+        let sent_before = self.comm.sent_between_hosts();
         let report = self.exchange.exchange(&mut grads, self.comm)?;
+        let between_hosts_bytes = self.comm.sent_between_hosts() - sent_before;
         self.watchdog.leave();
         let exchanged = Instant::now();
         let lr = cfg.lr.at((step + 1) as f64 / self.steps_per_epoch as f64);
@@ -71,6 +73,7 @@ impl Run<'_> {
             comm_s: 0.0,
             samples: cfg.batch_size,
             skipped: report.skipped(),
+            between_hosts_bytes,
         };
         self.tally.records.push(clock.record(template));
         Ok(report.skipped())

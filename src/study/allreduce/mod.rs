@@ -69,6 +69,9 @@ pub fn run_command(cfg: &AllreduceConfig, backend: Backend, json: Option<&Path>)
             let transport = match (cfg.transport, info.size > 1 && info.local_size == info.size) {
                 (Transport::Auto, true) => "MPI, shared memory (every rank on this host)",
                 (Transport::Auto, false) if info.size == 1 => "none (one rank)",
+                _ if rank.comm.is_hierarchical(cfg.transport) => {
+                    "MPI messages, hierarchical (inside each host, then one host's share between hosts)"
+                }
                 _ => "MPI messages (all-to-all + all-gather)",
             };
             print_header(lead, &info, cfg, transport);
