@@ -22,7 +22,8 @@
 # CLUSTER_HOSTFILE names the hostfile (one line per host, `slots=` each).
 # `down` kills what runs in the namespaces and removes them; `up` on a name
 # that exists first takes the old cluster down. Needs root, ip and tc.
-set -euo pipefail
+# -E: the ERR trap that takes a half-made cluster down fires inside functions too.
+set -Eeuo pipefail
 
 NAME=cmc
 RATE=
@@ -42,6 +43,7 @@ burst_bytes() {
   local rate=$1 num unit per_s
   num=$(echo "$rate" | sed -E 's/^([0-9.]+).*/\1/')
   unit=$(echo "$rate" | sed -E 's/^[0-9.]+//' | tr 'A-Z' 'a-z')
+  awk -v n="$num" 'BEGIN {exit !(n + 0 > 0)}' || die "--rate $rate: give a rate above 0, e.g. --rate 1gbit"
   case "$unit" in
     kbit) per_s=$(awk -v n="$num" 'BEGIN {print n * 1e3 / 8}') ;;
     mbit) per_s=$(awk -v n="$num" 'BEGIN {print n * 1e6 / 8}') ;;
@@ -103,7 +105,6 @@ up() {
     echo "$addr $ns" >>"$dir/hosts"
     echo "$addr slots=$SLOTS" >>"$dir/hostfile"
   done
-  trap - ERR
   # The launch agent: `agent HOST COMMAND...`, as Open MPI calls ssh.
   cat >"$dir/agent" <<EOF
 #!/bin/sh
@@ -115,6 +116,7 @@ exec ip netns exec "\$ns" unshare --uts sh -c 'hostname "\$0" && exec sh -c "\$1
 EOF
   chmod +x "$dir/agent"
   echo "${RATE:-unshaped}" >"$dir/rate"
+  trap - ERR
   log "up: $n host(s) of $SLOTS slot(s), links ${RATE:-unshaped}; hostfile $dir/hostfile"
 }
 
@@ -126,6 +128,8 @@ run() {
   export CLUSTER_HOSTFILE=$dir/hostfile
   export OMPI_MCA_plm_rsh_agent=$dir/agent
   export OMPI_MCA_btl_tcp_if_include=$SUBNET.0/24 OMPI_MCA_oob_tcp_if_include=$SUBNET.0/24
+  # Shared memory inside a host, TCP on the shaped links between hosts, nothing else.
+  export OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp
   exec ip netns exec "$NAME-h0" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$NAME-h0" "$@"
 }
 
@@ -134,9 +138,15 @@ verb=${1:-}
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --name) NAME=$2; shift 2 ;;
-    --rate) RATE=$2; shift 2 ;;
-    --slots) SLOTS=$2; shift 2 ;;
+    --name | --rate | --slots)
+      [ $# -ge 2 ] || die "$1: give a value"
+      case "$1" in
+        --name) NAME=$2 ;;
+        --rate) RATE=$2 ;;
+        --slots) SLOTS=$2 ;;
+      esac
+      shift 2
+      ;;
     --) shift; break ;;
     *) args+=("$1"); shift ;;
   esac
@@ -146,7 +156,10 @@ done
 case "$verb" in
   up) [ ${#args[@]} -eq 1 ] || die "usage: up N [--rate R] [--slots K] [--name NAME]"; up "${args[0]}" ;;
   down) down; log "down: cluster '$NAME' removed" ;;
-  run) run "$@" ;;
+  run)
+    [ ${#args[@]} -eq 0 ] || die "run: '${args[*]}' before --: give the command after --"
+    run "$@"
+    ;;
   hostfile) [ -f "$(state_dir)/hostfile" ] || die "hostfile: no cluster '$NAME'"; echo "$(state_dir)/hostfile" ;;
   *)
     echo "usage: bash scripts/cluster.sh up N [--rate 1gbit] [--slots K] | run -- COMMAND... | hostfile | down   [--name NAME]" >&2

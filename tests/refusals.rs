@@ -156,3 +156,15 @@ fn eval_without_a_validation_split_or_weights() {
     let e = refused(&["export", "/tmp/candle-mpi-never.safetensors"]);
     assert!(e.contains("give a CHECKPOINT to export, or --model"), "{e}");
 }
+
+#[test]
+fn a_hierarchical_exchange_on_one_host() {
+    // A lone process is a world of one host.
+    let e = train(&["--transport", "hierarchical", "--steps", "1"]);
+    assert!(
+        e.contains("--transport hierarchical: needs ranks on 2 or more hosts")
+            && e.contains("1 host(s) with [1] rank(s)")
+            && e.contains("use auto or messages"),
+        "{e}"
+    );
+}

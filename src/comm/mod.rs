@@ -81,6 +81,9 @@ impl Comm {
 
     /// Refuses a transport the job's layout cannot give.
     pub fn check_transport(&self, transport: Transport) -> anyhow::Result<()> {
+        if transport == Transport::Hierarchical && self.nccl.is_some() {
+            anyhow::bail!("--transport hierarchical: GPU ranks exchange through NCCL; leave --transport auto");
+        }
         if transport == Transport::Hierarchical && self.hierarchy.is_none() {
             let sizes: Vec<usize> = self.control.world().hosts().iter().map(Vec::len).collect();
             anyhow::bail!(

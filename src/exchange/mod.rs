@@ -95,6 +95,7 @@ impl GradExchange {
             "--bucket-mb: a bucket must hold at least one {} element",
             dtype.name()
         );
+        comm.check_transport(transport)?;
         let all_names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
         let order = exchange_order(&all_names);
         for pair in order.windows(2) {

@@ -58,7 +58,10 @@ impl Board {
     /// Rank `rank`'s progress; None where it does not answer.
     fn read(&self, rank: usize) -> Option<Seen> {
         match self {
-            Board::Window(slots) => Some(slots.read(rank)),
+            Board::Window(slots) => {
+                let (entered, step, writing) = slots.read(rank);
+                Some(Seen { entered, step, writing, wrote_ago: None })
+            }
             Board::Peers(peers) => peers.read(rank),
         }
     }
@@ -121,8 +124,8 @@ impl Watchdog {
     /// name the ranks that never arrived.
     pub fn share_progress(&mut self, control: &Control) -> anyhow::Result<()> {
         let info = control.info();
-        if info.size < 2 {
-            return Ok(());
+        if self.thread.is_none() {
+            return Ok(()); // one rank, or --collective-timeout 0: nobody watches
         }
         let window = self.watch(0, "start-up (the watchdog's shared counters)", || {
             SharedWindow::new(control, WORDS * std::mem::size_of::<u64>())
@@ -209,13 +212,16 @@ impl Drop for Watchdog {
 }
 
 /// Who is behind this rank's wait number `seq`, each with the step it was
-/// last seen at, and whether one of them is writing a checkpoint.
+/// last seen at, and whether one of them is writing a checkpoint or has just
+/// written one.
 #[derive(Default)]
 struct Behind {
     late: Vec<String>,
     /// Ranks asked over TCP that did not answer (ended, dead, unreachable).
     silent: Vec<usize>,
     writing: bool,
+    /// The shortest time since a late rank finished writing a checkpoint.
+    wrote_ago: Option<Duration>,
 }
 
 impl Behind {
@@ -235,23 +241,39 @@ impl Behind {
     }
 }
 
-/// Reads every other rank's progress (ranks on other hosts asked all at once).
+/// Every other rank's progress; ranks on other hosts are asked all at once
+/// (one at a time where no thread can be had).
+fn read_all(board: &Board, others: &[usize]) -> Vec<Option<Seen>> {
+    if let Board::Window(_) = board {
+        return others.iter().map(|&r| board.read(r)).collect();
+    }
+    std::thread::scope(|s| {
+        let asks: Vec<_> = others
+            .iter()
+            .map(|&r| std::thread::Builder::new().spawn_scoped(s, move || board.read(r)).map_err(|_| r))
+            .collect();
+        asks.into_iter()
+            .map(|ask| match ask {
+                Ok(handle) => handle.join().unwrap_or(None),
+                Err(r) => board.read(r),
+            })
+            .collect()
+    })
+}
+
 fn behind(board: &Board, rank: usize, size: usize, seq: u64) -> Behind {
     let others: Vec<usize> = (0..size).filter(|&r| r != rank).collect();
-    let seen: Vec<Option<Seen>> = match board {
-        Board::Window(_) => others.iter().map(|&r| board.read(r)).collect(),
-        Board::Peers(_) => std::thread::scope(|s| {
-            let asks: Vec<_> = others.iter().map(|&r| s.spawn(move || board.read(r))).collect();
-            asks.into_iter().map(|a| a.join().unwrap_or(None)).collect()
-        }),
-    };
     let mut out = Behind::default();
-    for (&r, seen) in others.iter().zip(seen) {
+    for (&r, seen) in others.iter().zip(read_all(board, &others)) {
         match seen {
             None => out.silent.push(r),
-            Some((entered, step, busy)) if entered < seq => {
-                out.writing |= busy;
-                let at = if step == 0 { "before step 1".to_string() } else { format!("at step {step}") };
+            Some(seen) if seen.entered < seq => {
+                out.writing |= seen.writing;
+                out.wrote_ago = match (out.wrote_ago, seen.wrote_ago) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let at = if seen.step == 0 { "before step 1".to_string() } else { format!("at step {}", seen.step) };
                 out.late.push(format!("{r} (last seen {at})"));
             }
             Some(_) => {}
@@ -260,12 +282,25 @@ fn behind(board: &Board, rank: usize, size: usize, seq: u64) -> Behind {
     out
 }
 
+/// Over TCP, where a timed-out wait is behind a rank that is writing a
+/// checkpoint or has just written one: how much of the wait is excused. A
+/// writer is asked again in a second; a rank that finished writing has a
+/// whole timeout from then to arrive, as on one host.
+fn checkpoint_excuse(waited: Duration, timeout: Duration, behind: &Behind) -> Option<Duration> {
+    if behind.writing {
+        return Some(waited.saturating_sub(timeout) + Duration::from_secs(1));
+    }
+    behind.wrote_ago.filter(|&ago| ago < timeout).map(|ago| waited.saturating_sub(ago))
+}
+
 fn watch(shared: &Shared, rank: usize, size: usize, timeout: Duration) {
     let tick = Duration::from_millis(100);
     let mut excused = Duration::ZERO;
     let mut last_seq = 0;
+    let mut last_tick = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
         std::thread::sleep(tick);
+        let since_last_tick = std::mem::replace(&mut last_tick, Instant::now()).elapsed();
         let Some(w) = *shared.waiting.lock().unwrap_or_else(|p| p.into_inner()) else { continue };
         if w.seq != last_seq {
             (last_seq, excused) = (w.seq, Duration::ZERO);
@@ -275,7 +310,7 @@ fn watch(shared: &Shared, rank: usize, size: usize, timeout: Duration) {
         // writing a checkpoint does not count.
         if let Some(b @ Board::Window(_)) = board {
             if behind(b, rank, size, w.seq).writing {
-                excused += tick;
+                excused += since_last_tick;
                 continue;
             }
         }
@@ -284,9 +319,8 @@ fn watch(shared: &Shared, rank: usize, size: usize, timeout: Duration) {
             continue;
         }
         let who = board.map(|b| behind(b, rank, size, w.seq));
-        if who.as_ref().is_some_and(|b| b.writing) {
-            // Ranks asked over TCP: one is writing a checkpoint; ask again in a second.
-            excused = waited.saturating_sub(timeout) + Duration::from_secs(1);
+        if let Some(new) = who.as_ref().and_then(|b| checkpoint_excuse(waited, timeout, b)) {
+            excused = new;
             continue;
         }
         let who = match who {
@@ -304,5 +338,33 @@ fn watch(shared: &Shared, rank: usize, size: usize, timeout: Duration) {
         // Exiting without finalising makes the launcher end the other ranks.
         // SAFETY: _exit ends the process at once; nothing is left to clean up that matters.
         unsafe { libc::_exit(TIMEOUT_EXIT) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_excuses_the_wait_until_a_timeout_after_it_was_written() {
+        let (s, timeout) = (Duration::from_secs, Duration::from_secs(3));
+        let late = |writing, wrote_ago| Behind { late: vec!["0".into()], writing, wrote_ago, ..Behind::default() };
+        // Writing: 5 s waited, 3 s allowed: asked again a second from now.
+        assert_eq!(checkpoint_excuse(s(5), timeout, &late(true, None)), Some(s(3)));
+        // Written 1 s ago: 2 s more before the wait counts again (5 + 2 - 4 = 3).
+        assert_eq!(checkpoint_excuse(s(5), timeout, &late(false, Some(s(1)))), Some(s(4)));
+        // Written longer ago than the timeout, or never: nothing is excused.
+        assert_eq!(checkpoint_excuse(s(5), timeout, &late(false, Some(s(4)))), None);
+        assert_eq!(checkpoint_excuse(s(5), timeout, &late(false, None)), None);
+    }
+
+    #[test]
+    fn late_ranks_are_named_before_silent_ones() {
+        let b = Behind { late: vec!["2 (last seen at step 4)".into()], silent: vec![1, 3], ..Behind::default() };
+        assert_eq!(
+            b.describe(),
+            "rank(s) 2 (last seen at step 4) never arrived (rank(s) 1, 3 no longer answer: ended, dead, or unreachable)"
+        );
+        assert_eq!(Behind::default().describe(), "every rank arrived; the collective itself is stuck");
     }
 }
