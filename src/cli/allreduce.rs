@@ -28,7 +28,7 @@ pub struct AllreduceArgs {
     /// Collective library
     #[arg(long, value_enum, default_value_t = Backend::Mpi)]
     backend: Backend,
-    /// How ranks on one host exchange: shared memory when all ranks share a host (auto), or MPI messages
+    /// Which MPI data plane sums the buffers: shared memory on one host, hierarchical across hosts (auto), flat messages, or hierarchical
     #[arg(long, value_enum, default_value_t = Transport::Auto)]
     transport: Transport,
     /// Verify the sums and report elements that are off (#wrong)

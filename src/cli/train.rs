@@ -76,7 +76,7 @@ pub struct TrainArgs {
     /// Size of a gradient bucket, in MiB
     #[arg(long, default_value_t = 25.0)]
     bucket_mb: f64,
-    /// How ranks on one host exchange
+    /// Which MPI data plane sums the gradients (CPU ranks)
     #[arg(long, value_enum, default_value_t = Transport::Auto)]
     transport: Transport,
     /// Seed of weights, shuffling and synthetic data
