@@ -15,7 +15,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{conv, dropout, linear, Conv, ConvSpec, Linear, WeightInit};
-use super::network::{ModelConfig, Network};
+use super::network::{forward_stages, ModelConfig, Network};
 use crate::ops::pool::{adaptive_avg_pool2d, max_pool2d, Pool2d};
 
 /// The smallest input torchvision's unpadded pools accept.
@@ -52,16 +52,25 @@ impl AlexNet {
 
 impl Network for AlexNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let [c1, c2, c3, c4, c5] = &self.convs;
-        let x = max_pool2d(&c1.forward(x)?.relu()?, self.pool)?;
-        let x = max_pool2d(&c2.forward(&x)?.relu()?, self.pool)?;
-        let x = c3.forward(&x)?.relu()?;
-        let x = c4.forward(&x)?.relu()?;
-        let x = max_pool2d(&c5.forward(&x)?.relu()?, self.pool)?;
-        let x = adaptive_avg_pool2d(&x, 6, 6)?.flatten_from(1)?;
+        forward_stages(self, x, train)
+    }
+
+    /// One stage per layer with weights.
+    fn stages(&self) -> usize {
+        8
+    }
+
+    fn forward_stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor> {
         let [f1, f2, f3] = &self.fc;
-        let x = f1.forward(&dropout(&x, self.dropout, train)?)?.relu()?;
-        let x = f2.forward(&dropout(&x, self.dropout, train)?)?.relu()?;
-        f3.forward(&x)
+        match i {
+            0 | 1 => max_pool2d(&self.convs[i].forward(x)?.relu()?, self.pool),
+            2 | 3 => self.convs[i].forward(x)?.relu(),
+            4 => {
+                adaptive_avg_pool2d(&max_pool2d(&self.convs[4].forward(x)?.relu()?, self.pool)?, 6, 6)?.flatten_from(1)
+            }
+            5 => f1.forward(&dropout(x, self.dropout, train)?)?.relu(),
+            6 => f2.forward(&dropout(x, self.dropout, train)?)?.relu(),
+            _ => f3.forward(x),
+        }
     }
 }

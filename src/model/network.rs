@@ -13,6 +13,30 @@ pub trait Network: Send + Sync {
     fn forward_with_aux(&self, x: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
         Ok((self.forward_t(x, train)?, vec![]))
     }
+
+    /// How many stages the forward pass has: runs of layers with one tensor
+    /// between consecutive ones, so that a backward pass can take them one
+    /// at a time, last first (`train::staged`).
+    fn stages(&self) -> usize {
+        1
+    }
+
+    /// Stage `i` (0-based) on the previous stage's output, or on the input
+    /// for stage 0. `forward_t` is every stage in order.
+    fn forward_stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor> {
+        debug_assert_eq!(i, 0, "a network of one stage");
+        self.forward_t(x, train)
+    }
+}
+
+/// Every stage of `net` in order: the forward pass of a network that is
+/// defined by its stages.
+pub fn forward_stages<N: Network + ?Sized>(net: &N, x: &Tensor, train: bool) -> Result<Tensor> {
+    let mut x = x.clone();
+    for i in 0..net.stages() {
+        x = net.forward_stage(i, &x, train)?;
+    }
+    Ok(x)
 }
 
 /// What a network is built for.

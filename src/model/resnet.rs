@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use super::batch_norm::{batch_norm, BatchNorm2d};
 
 use super::layers::{conv, linear, Conv, ConvSpec, Linear, WeightInit};
-use super::network::{ModelConfig, Network};
+use super::network::{forward_stages, ModelConfig, Network};
 use crate::ops::pool::{adaptive_avg_pool2d, max_pool2d, Pool2d};
 
 const BN_EPS: f64 = 1e-5;
@@ -97,12 +97,21 @@ impl ResNet {
 
 impl Network for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = apply_relu(&self.stem, x, train)?;
-        x = max_pool2d(&x, Pool2d::new(3, 2).padding(1))?;
-        for block in &self.layers {
-            x = block.forward_t(&x, train)?;
+        forward_stages(self, x, train)
+    }
+
+    /// The stem, each bottleneck block, the classifier.
+    fn stages(&self) -> usize {
+        self.layers.len() + 2
+    }
+
+    fn forward_stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor> {
+        if i == 0 {
+            return max_pool2d(&apply_relu(&self.stem, x, train)?, Pool2d::new(3, 2).padding(1));
         }
-        let x = adaptive_avg_pool2d(&x, 1, 1)?.flatten_from(1)?;
-        self.fc.forward(&x)
+        match self.layers.get(i - 1) {
+            Some(block) => block.forward_t(x, train),
+            None => self.fc.forward(&adaptive_avg_pool2d(x, 1, 1)?.flatten_from(1)?),
+        }
     }
 }

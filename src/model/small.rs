@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use super::batch_norm::{batch_norm, BatchNorm2d};
 
 use super::layers::{conv, linear, Conv, ConvSpec, Linear, WeightInit};
-use super::network::{ModelConfig, Network};
+use super::network::{forward_stages, ModelConfig, Network};
 use crate::ops::pool::{adaptive_avg_pool2d, max_pool2d, Pool2d};
 
 pub struct SmallCnn {
@@ -34,10 +34,18 @@ impl SmallCnn {
 
 impl Network for SmallCnn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
-        let x = max_pool2d(&x, Pool2d::new(2, 2).ceil())?;
-        let x = self.bn2.forward_relu_t(&self.conv2.forward(&x)?, train)?;
-        let x = adaptive_avg_pool2d(&x, 2, 2)?.flatten_from(1)?;
-        self.fc.forward(&x)
+        forward_stages(self, x, train)
+    }
+
+    fn stages(&self) -> usize {
+        3
+    }
+
+    fn forward_stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor> {
+        match i {
+            0 => max_pool2d(&self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?, Pool2d::new(2, 2).ceil()),
+            1 => adaptive_avg_pool2d(&self.bn2.forward_relu_t(&self.conv2.forward(x)?, train)?, 2, 2)?.flatten_from(1),
+            _ => self.fc.forward(x),
+        }
     }
 }

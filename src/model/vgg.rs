@@ -9,7 +9,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{conv, dropout, linear, Conv, ConvSpec, Linear, WeightInit};
-use super::network::{ModelConfig, Network};
+use super::network::{forward_stages, ModelConfig, Network};
 use crate::ops::pool::{adaptive_avg_pool2d, max_pool2d, Pool2d};
 
 /// Output channels of each convolution; `None` is a 2x2 max-pool.
@@ -79,17 +79,26 @@ impl Vgg {
 
 impl Network for Vgg {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = x.clone();
-        for stage in &self.features {
-            x = match stage {
-                Stage::Conv(c) => c.forward(&x)?.relu()?,
-                Stage::Pool => max_pool2d(&x, Pool2d::new(2, 2))?,
-            };
-        }
-        let x = adaptive_avg_pool2d(&x, 7, 7)?.flatten_from(1)?;
+        forward_stages(self, x, train)
+    }
+
+    /// One stage per entry of `features` (convolutions and pools), then one
+    /// per classifier layer.
+    fn stages(&self) -> usize {
+        self.features.len() + 3
+    }
+
+    fn forward_stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor> {
         let [f1, f2, f3] = &self.fc;
-        let x = dropout(&f1.forward(&x)?.relu()?, self.dropout, train)?;
-        let x = dropout(&f2.forward(&x)?.relu()?, self.dropout, train)?;
-        f3.forward(&x)
+        match (self.features.get(i), i - self.features.len().min(i)) {
+            (Some(Stage::Conv(c)), _) => c.forward(x)?.relu(),
+            (Some(Stage::Pool), _) => max_pool2d(x, Pool2d::new(2, 2)),
+            (None, 0) => {
+                let x = adaptive_avg_pool2d(x, 7, 7)?.flatten_from(1)?;
+                dropout(&f1.forward(&x)?.relu()?, self.dropout, train)
+            }
+            (None, 1) => dropout(&f2.forward(x)?.relu()?, self.dropout, train),
+            (None, _) => f3.forward(x),
+        }
     }
 }

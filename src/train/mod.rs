@@ -27,6 +27,7 @@ mod peers;
 mod progress;
 mod run;
 mod setup;
+pub mod staged;
 mod step;
 mod validation;
 pub mod watchdog;

@@ -1,0 +1,73 @@
+//! The backward pass one stage at a time (`Network::stages`), last stage
+//! first, so that the gradients of the later layers are final, and can be
+//! sent, while the earlier layers' backward still runs (PyTorch DDP's
+//! overlap). candle computes a backward pass in one call, so each stage
+//! after the first takes a fresh variable, a copy of the previous stage's
+//! output, as its input: its backward stops there and leaves that input's
+//! gradient, which the previous stage's backward then starts from, as
+//! `(output * gradient).sum()`: the gradient reaching the output is the
+//! given one, bit for bit. With one tensor between consecutive stages, each
+//! tensor's gradient sums the same terms in the same order as in one call,
+//! so the gradients equal the one-call backward's bit for bit (tests).
+
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Tensor, Var};
+
+use crate::model::network::Network;
+
+/// Forward and backward of `net` on `x`, stage by stage; `loss` turns the
+/// logits into the scalar to minimise. `ready(stage, grads)` is called as
+/// soon as the gradients of stage `stage`'s parameters are final, last stage
+/// first. Returns the loss and every stage's gradients, in stage order.
+pub fn forward_backward(
+    net: &dyn Network,
+    x: &Tensor,
+    train: bool,
+    loss: impl FnOnce(&Tensor) -> Result<Tensor>,
+    mut ready: impl FnMut(usize, &GradStore) -> Result<()>,
+) -> Result<(Tensor, Vec<GradStore>)> {
+    let stages = net.stages();
+    // The input of each stage (stage 0: the data, which needs no gradient), and each output.
+    let mut inputs: Vec<Option<Var>> = Vec::with_capacity(stages);
+    let mut outputs: Vec<Tensor> = Vec::with_capacity(stages);
+    for i in 0..stages {
+        let input = match outputs.last() {
+            None => None,
+            Some(prev) => Some(Var::from_tensor(prev)?),
+        };
+        let out = net.forward_stage(i, input.as_ref().map_or(x, |v| v.as_tensor()), train)?;
+        inputs.push(input);
+        outputs.push(out);
+    }
+    let loss = loss(outputs.last().expect("a network has at least one stage"))?;
+    let mut grads: Vec<GradStore> = Vec::with_capacity(stages);
+    let mut upstream: Option<Tensor> = None;
+    for i in (0..stages).rev() {
+        let store = match upstream.take() {
+            None => loss.backward()?,
+            Some(g) => (&outputs[i] * g)?.sum_all()?.backward()?,
+        };
+        if let Some(input) = &inputs[i] {
+            upstream = Some(match store.get(input.as_tensor()) {
+                Some(g) => g.clone(),
+                // An input that the loss does not depend on.
+                None => input.as_tensor().zeros_like()?,
+            });
+        }
+        ready(i, &store)?;
+        grads.push(store);
+    }
+    grads.reverse();
+    Ok((loss, grads))
+}
+
+/// One store of the gradients of `params` found in `stores`.
+pub fn merge(stores: &[GradStore], params: &[(String, Var)]) -> GradStore {
+    let mut merged = GradStore::default();
+    for (_, var) in params {
+        if let Some(g) = stores.iter().find_map(|s| s.get(var.as_tensor())) {
+            merged.insert(var.as_tensor(), g.clone());
+        }
+    }
+    merged
+}
