@@ -21,9 +21,9 @@ use std::rc::Rc;
 use mpi::topology::{Color, Communicator, SimpleCommunicator};
 
 use super::control::Control;
-use super::messages::{all_gather, host_index, reduce_scatter, sent_to, Scratch};
+use super::messages::{all_gather, host_index, reduce_scatter, sent_to, ReduceTyped, Scratch};
 use super::segments::segments;
-use super::wire::{Reduce, WireBuf, WireElem};
+use super::wire::WireElem;
 use super::world::World;
 
 pub struct Hierarchy {
@@ -70,6 +70,12 @@ impl Hierarchy {
     pub fn sent_between_hosts(&self) -> u64 {
         self.sent_between_hosts.get()
     }
+}
+
+impl ReduceTyped for Hierarchy {
+    fn scratch(&self) -> &RefCell<Scratch> {
+        &self.scratch
+    }
 
     fn reduce<T: WireElem>(&self, buf: &mut [T], scratch: &mut Vec<T::Raw>) -> anyhow::Result<()> {
         if buf.is_empty() {
@@ -101,15 +107,4 @@ impl Hierarchy {
 /// Two or more hosts, each with the same number of ranks.
 pub fn spans_even_hosts(hosts: &[Vec<usize>]) -> bool {
     hosts.len() >= 2 && hosts.iter().all(|h| h.len() == hosts[0].len())
-}
-
-impl Reduce for Hierarchy {
-    fn all_reduce_sum(&self, buf: WireBuf<'_>) -> anyhow::Result<()> {
-        let mut scratch = self.scratch.borrow_mut();
-        match buf {
-            WireBuf::F16(b) => self.reduce(b, &mut scratch.raw16),
-            WireBuf::Bf16(b) => self.reduce(b, &mut scratch.raw16),
-            WireBuf::F32(b) => self.reduce(b, &mut scratch.raw32),
-        }
-    }
 }

@@ -155,6 +155,12 @@ impl Messages {
     pub fn sent_between_hosts(&self) -> u64 {
         self.sent_between_hosts.get()
     }
+}
+
+impl ReduceTyped for Messages {
+    fn scratch(&self) -> &RefCell<Scratch> {
+        &self.scratch
+    }
 
     fn reduce<T: WireElem>(&self, buf: &mut [T], scratch: &mut Vec<T::Raw>) -> anyhow::Result<()> {
         let n = self.world.info().size;
@@ -179,9 +185,16 @@ impl Messages {
     }
 }
 
-impl Reduce for Messages {
+/// A data plane that sums a buffer of any wire type with reused scratch
+/// space: `Reduce` for it picks the scratch of the buffer's raw type.
+pub(super) trait ReduceTyped {
+    fn scratch(&self) -> &RefCell<Scratch>;
+    fn reduce<T: WireElem>(&self, buf: &mut [T], scratch: &mut Vec<T::Raw>) -> anyhow::Result<()>;
+}
+
+impl<P: ReduceTyped> Reduce for P {
     fn all_reduce_sum(&self, buf: WireBuf<'_>) -> anyhow::Result<()> {
-        let mut scratch = self.scratch.borrow_mut();
+        let mut scratch = self.scratch().borrow_mut();
         match buf {
             WireBuf::F16(b) => self.reduce(b, &mut scratch.raw16),
             WireBuf::Bf16(b) => self.reduce(b, &mut scratch.raw16),
