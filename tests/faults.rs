@@ -382,3 +382,37 @@ fn a_slow_checkpoint_is_not_a_stuck_rank() {
     assert!(!run.success && run.output.contains("(--collective-timeout 0.5)"), "{}", run.output);
     assert_none_left("1216");
 }
+
+/// Without the barrier before the exchange (`--measure-wait false`) a run
+/// trains to the same bits, records no wait, and a hung rank is still named.
+#[test]
+fn without_the_barrier_the_run_is_the_same_and_a_hang_is_still_caught() {
+    let (with, without) = (
+        std::env::temp_dir().join(format!("candle-mpi-barrier-{}", std::process::id())),
+        std::env::temp_dir().join(format!("candle-mpi-no-barrier-{}", std::process::id())),
+    );
+    for d in [&with, &without] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let run = mpirun2(&args("1217", "4", &["--out", with.to_str().unwrap()]));
+    common::assert_ok(&run, "with the barrier");
+    let run = mpirun2(&args("1217", "4", &["--measure-wait", "false", "--out", without.to_str().unwrap()]));
+    common::assert_ok(&run, "without the barrier");
+    let (a, b) = (summary(&with), summary(&without));
+    assert_eq!(a["param_l2"], b["param_l2"], "the barrier changed the training");
+    assert_eq!(b["wait_s"], 0.0, "no barrier, no measured wait");
+    for d in [&with, &without] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    let extra = ["--measure-wait", "false", "--fault-inject", "1:3:hang", "--collective-timeout", "3"];
+    let run = mpirun2(&args("1219", "40", &extra));
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output.contains("rank 0: step 3: waited") && run.output.contains("in the gradient exchange"),
+        "{}",
+        run.output
+    );
+    assert!(run.output.contains("rank(s) 1 (last seen at step 2) never arrived"), "{}", run.output);
+    assert_none_left("1219");
+}

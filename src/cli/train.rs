@@ -79,6 +79,10 @@ pub struct TrainArgs {
     /// Which MPI data plane sums the gradients (CPU ranks)
     #[arg(long, value_enum, default_value_t = Transport::Auto)]
     transport: Transport,
+    /// Wait at a barrier before the exchange, to measure the load imbalance
+    /// (wait_s); false saves that round trip, and the wait then shows up in comm_s
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    measure_wait: bool,
     /// Seed of weights, shuffling and synthetic data
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -148,6 +152,7 @@ pub fn exec(args: &TrainArgs) -> anyhow::Result<()> {
         grad_dtype: args.grad_dtype,
         bucket_bytes: (args.bucket_mb * 1024.0 * 1024.0) as usize,
         transport: args.transport,
+        measure_wait: args.measure_wait,
         seed: args.seed,
         data: args.data.clone(),
         synthetic_len: args.synthetic_size,

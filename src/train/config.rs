@@ -25,6 +25,8 @@ pub struct TrainConfig {
     pub grad_dtype: GradDtype,
     pub bucket_bytes: usize,
     pub transport: Transport,
+    /// A barrier before each exchange, so that the wait for the slowest rank is measured apart.
+    pub measure_wait: bool,
     pub seed: u64,
     #[serde(serialize_with = "crate::record::files::serialize_display")]
     pub data: DataSpec,

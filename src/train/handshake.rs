@@ -25,6 +25,7 @@ fn fields(cfg: &TrainConfig, params: &[(String, Var)], data: &str) -> Vec<(&'sta
         ("--grad-dtype", format!("{:?}", cfg.grad_dtype)),
         ("--bucket-mb", cfg.bucket_bytes.to_string()),
         ("--transport", format!("{:?}", cfg.transport)),
+        ("--measure-wait", cfg.measure_wait.to_string()),
         ("--seed", cfg.seed.to_string()),
         ("--data/--synthetic-size", data.to_string()),
         ("--dropout", format!("{:?}", cfg.dropout)),

@@ -50,9 +50,15 @@ impl Run<'_> {
         let data_ready = Instant::now();
         let mut grads = self.forward_backward(host, step)?;
         let computed = Instant::now();
-        self.watchdog.enter(step + 1, "the barrier before the gradient exchange");
-        self.comm.control().barrier()?;
-        let all_arrived = Instant::now();
+        // Without the barrier the wait for the slowest rank falls into the exchange.
+        let all_arrived = if cfg.measure_wait {
+            self.watchdog.enter(step + 1, "the barrier before the gradient exchange");
+            self.comm.control().barrier()?;
+            Instant::now()
+        } else {
+            self.watchdog.enter(step + 1, "the gradient exchange");
+            computed
+        };
         let sent_before = self.comm.sent_between_hosts();
         let report = self.exchange.exchange(&mut grads, self.comm)?;
         let between_hosts_bytes = self.comm.sent_between_hosts() - sent_before;
