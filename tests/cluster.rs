@@ -285,17 +285,7 @@ fn a_slow_checkpoint_on_another_host_is_not_a_stuck_rank() {
     let _one = lock();
     let Some(c) = Cluster::up("cs", 2, 1, None) else { return };
     let ckpt = temp("ckpt");
-    let extra = [
-        "--checkpoint-dir",
-        ckpt.to_str().unwrap(),
-        "--checkpoint-every",
-        "2",
-        "--fault-inject",
-        "0:2:ckpt-slow",
-        "--collective-timeout",
-        "1",
-    ];
-    let run = c.mpirun(2, &train_args("4", &extra));
+    let run = c.mpirun(2, &train_args("4", &common::slow_checkpoint_flags(ckpt.to_str().unwrap())));
     common::assert_ok(&run, "a checkpoint 3 s slower than a 1 s timeout, asked across hosts");
     assert!(run.output.contains("writing the step-2 checkpoint 3 s slower"), "{}", run.output);
     let _ = std::fs::remove_dir_all(&ckpt);

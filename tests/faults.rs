@@ -364,17 +364,7 @@ fn a_slow_checkpoint_is_not_a_stuck_rank() {
     let dir = std::env::temp_dir().join(format!("candle-mpi-slow-ckpt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let d = dir.to_str().unwrap();
-    let extra = [
-        "--checkpoint-dir",
-        d,
-        "--checkpoint-every",
-        "2",
-        "--fault-inject",
-        "0:2:ckpt-slow",
-        "--collective-timeout",
-        "1",
-    ];
-    let run = mpirun2(&args("1215", "4", &extra));
+    let run = mpirun2(&args("1215", "4", &common::slow_checkpoint_flags(d)));
     common::assert_ok(&run, "a checkpoint 3 s slower than a 1 s timeout");
     assert!(run.output.contains("writing the step-2 checkpoint 3 s slower"), "{}", run.output);
     let _ = std::fs::remove_dir_all(&dir);

@@ -123,20 +123,24 @@ pub(super) fn sent_to(len: usize, n: usize, me: usize, to_count: impl Fn(usize) 
 /// Sums `srcs` (one per world rank, in rank order) host by host: each
 /// host's ranks in f32, rounded to the wire type, then the hosts in f32,
 /// rounded once more; a plain sum where every rank is on one host or each
-/// on its own.
-fn sum_by_host<T: WireElem>(hosts: &[Vec<usize>], srcs: &[&[T]], dst: &mut [T]) {
-    if hosts.len() == 1 || hosts.iter().all(|h| h.len() == 1) {
+/// on its own. `partials` holds the hosts' sums (`dst.len()` each) where
+/// they are needed (`sums_by_host`).
+fn sum_by_host<T: WireElem>(hosts: &[Vec<usize>], srcs: &[&[T]], dst: &mut [T], partials: &mut [T]) {
+    if !sums_by_host(hosts) {
         return T::sum_into(srcs, dst);
     }
-    let partials: Vec<Vec<T>> = hosts
-        .iter()
-        .map(|ranks| {
-            let mut p = vec![T::default(); dst.len()];
-            T::sum_into(&ranks.iter().map(|&r| srcs[r]).collect::<Vec<_>>(), &mut p);
-            p
-        })
-        .collect();
-    T::sum_into(&partials.iter().map(Vec::as_slice).collect::<Vec<_>>(), dst);
+    let partials: Vec<&mut [T]> = partials.chunks_exact_mut(dst.len().max(1)).take(hosts.len()).collect();
+    let mut sums: Vec<&[T]> = Vec::with_capacity(hosts.len());
+    for (ranks, p) in hosts.iter().zip(partials) {
+        T::sum_into(&ranks.iter().map(|&r| srcs[r]).collect::<Vec<_>>(), p);
+        sums.push(p);
+    }
+    T::sum_into(&sums, dst);
+}
+
+/// Whether the sum goes host by host: several hosts, one of them with several ranks.
+fn sums_by_host(hosts: &[Vec<usize>]) -> bool {
+    hosts.len() > 1 && hosts.iter().any(|h| h.len() > 1)
 }
 
 impl Messages {
@@ -169,15 +173,18 @@ impl ReduceTyped for Messages {
             return Ok(());
         }
         let mine = segments(buf.len(), n).0[me];
-        // Scratch: n - 1 received segments of `mine` elements, then the reduced segment.
-        let need = mine * n;
+        let hosts = self.world.hosts();
+        // Scratch: n - 1 received segments of `mine` elements, the reduced
+        // segment, and the hosts' sums of it where the sum goes host by host.
+        let host_sums = if sums_by_host(hosts) { hosts.len() * mine } else { 0 };
+        let need = mine * n + host_sums;
         if scratch.len() < need {
             scratch.resize(need, T::Raw::default());
         }
-        let (received, reduced) = scratch[..need].split_at_mut(mine * (n - 1));
-        let reduced = T::from_raw_mut(reduced);
-        let hosts = self.world.hosts();
-        reduce_scatter(self.world.comm(), buf, received, reduced, |srcs, out| sum_by_host(hosts, srcs, out))?;
+        let (received, rest) = scratch[..need].split_at_mut(mine * (n - 1));
+        let (reduced, partials) = rest.split_at_mut(mine);
+        let (reduced, partials) = (T::from_raw_mut(reduced), T::from_raw_mut(partials));
+        reduce_scatter(self.world.comm(), buf, received, reduced, |srcs, out| sum_by_host(hosts, srcs, out, partials))?;
         all_gather(self.world.comm(), reduced, buf)?;
         let away = sent_to(buf.len(), n, me, |r| self.host_of[r] != self.host_of[me]);
         self.sent_between_hosts.set(self.sent_between_hosts.get() + (away * std::mem::size_of::<T>()) as u64);
@@ -222,7 +229,8 @@ mod tests {
         };
         let by = |hosts: &[Vec<usize>]| {
             let mut d = vec![f16::ZERO; 50];
-            sum_by_host(hosts, &srcs, &mut d);
+            let mut partials = vec![f16::ZERO; hosts.len() * 50];
+            sum_by_host(hosts, &srcs, &mut d, &mut partials);
             d
         };
         assert_eq!(by(&[vec![0, 1, 2, 3]]), plain(&srcs));

@@ -72,11 +72,17 @@ impl Comm {
     /// where the ranks span hosts evenly and `transport` allows; else flat
     /// MPI messages.
     pub fn host_reduce(&self, transport: Transport) -> &dyn Reduce {
-        match (&self.nccl, &self.hierarchy, transport) {
-            (Some(nccl), _, _) => nccl,
-            (None, Some(h), Transport::Auto | Transport::Hierarchical) => h,
-            _ => &self.messages,
+        match (&self.nccl, self.hierarchy_for(transport)) {
+            (Some(nccl), _) => nccl,
+            (None, Some(h)) => h,
+            (None, None) => &self.messages,
         }
+    }
+
+    /// The hierarchical data plane, where the ranks span hosts evenly and
+    /// `transport` allows it.
+    fn hierarchy_for(&self, transport: Transport) -> Option<&Hierarchy> {
+        self.hierarchy.as_ref().filter(|_| transport != Transport::Messages)
     }
 
     /// Refuses a transport the job's layout cannot give.
@@ -97,7 +103,7 @@ impl Comm {
 
     /// True where host buffers take the hierarchical exchange under `transport`.
     pub fn is_hierarchical(&self, transport: Transport) -> bool {
-        self.nccl.is_none() && self.hierarchy.is_some() && transport != Transport::Messages
+        self.nccl.is_none() && self.hierarchy_for(transport).is_some()
     }
 
     /// Bytes this rank has sent to ranks on other hosts through MPI data planes.

@@ -8,7 +8,9 @@
 //! and the count.
 
 use candle_core::backprop::GradStore;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, PushKernelArg, ValidAsZeroBits};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, Storage, Tensor, Var};
@@ -60,11 +62,24 @@ pub struct DeviceBuckets {
 /// tensor, the piece's offset in it, and its offset in the bucket.
 type Table = (CudaSlice<u64>, CudaSlice<u64>, CudaSlice<u64>);
 
-fn launch_table(dev: &CudaDevice, pieces: &[Piece], addresses: &[u64]) -> anyhow::Result<Table> {
+/// What the pack and the unpack kernel of one bucket both take: the grid (a
+/// thread per element), the piece table over `addresses`, the piece count
+/// and the bucket's length.
+struct BucketLaunch {
+    grid: LaunchConfig,
+    table: Table,
+    pieces: i32,
+    len: u64,
+}
+
+fn bucket_launch(dev: &CudaDevice, pieces: &[Piece], addresses: &[u64]) -> anyhow::Result<BucketLaunch> {
+    let len: usize = pieces.iter().map(|p| p.len).sum();
+    let grid = one_thread_per_element(len, "exchange: a gradient bucket (use a smaller --bucket-mb)")?;
     let ptrs: Vec<u64> = pieces.iter().map(|p| addresses[p.param]).collect();
     let offs: Vec<u64> = pieces.iter().map(|p| p.param_offset as u64).collect();
     let at: Vec<u64> = pieces.iter().map(|p| p.bucket_offset as u64).collect();
-    Ok((dev.clone_htod(&ptrs)?, dev.clone_htod(&offs)?, dev.clone_htod(&at)?))
+    let table = (dev.clone_htod(&ptrs)?, dev.clone_htod(&offs)?, dev.clone_htod(&at)?);
+    Ok(BucketLaunch { grid, table, pieces: int_arg(pieces.len(), "exchange: pieces of a bucket")?, len: len as u64 })
 }
 
 /// Device address of element 0 of a contiguous f32 CUDA tensor.
@@ -137,12 +152,9 @@ fn exchange_in<T: DeviceWire>(
     let in_addr: Vec<u64> = inputs.iter().map(f32_address).collect::<anyhow::Result<_>>()?;
     let pack = dev.get_or_load_custom_func(T::PACK, MODULE, PTX)?;
     for (pieces, bucket) in plan.iter().zip(buckets.iter_mut()) {
-        let len: usize = pieces.iter().map(|p| p.len).sum();
-        let grid = one_thread_per_element(len, "exchange: a gradient bucket (use a smaller --bucket-mb)")?;
-        let (srcs, offs, at) = launch_table(dev, pieces, &in_addr)?;
-        let (n, len64) = (int_arg(pieces.len(), "exchange: pieces of a bucket")?, len as u64);
+        let BucketLaunch { grid, table: (srcs, offs, at), pieces, len } = bucket_launch(dev, pieces, &in_addr)?;
         let mut b = pack.builder();
-        b.arg(&srcs).arg(&offs).arg(&at).arg(&n).arg(&mut *bucket).arg(&len64).arg(&scale);
+        b.arg(&srcs).arg(&offs).arg(&at).arg(&pieces).arg(&mut *bucket).arg(&len).arg(&scale);
         // SAFETY: arguments match T::PACK in kernels/pack.cu; every address is a live gradient.
         unsafe { b.launch(grid) }.w()?;
         nccl.all_reduce_sum_device(bucket)?;
@@ -153,12 +165,9 @@ fn exchange_in<T: DeviceWire>(
     let mut nonfinite = dev.alloc_zeros::<u64>(1)?;
     let unpack = dev.get_or_load_custom_func(T::UNPACK, MODULE, PTX)?;
     for (pieces, bucket) in plan.iter().zip(buckets.iter()) {
-        let len: usize = pieces.iter().map(|p| p.len).sum();
-        let grid = one_thread_per_element(len, "exchange: a gradient bucket (use a smaller --bucket-mb)")?;
-        let (dsts, offs, at) = launch_table(dev, pieces, &out_addr)?;
-        let (n, len64) = (int_arg(pieces.len(), "exchange: pieces of a bucket")?, len as u64);
+        let BucketLaunch { grid, table: (dsts, offs, at), pieces, len } = bucket_launch(dev, pieces, &out_addr)?;
         let mut b = unpack.builder();
-        b.arg(bucket).arg(&len64).arg(&dsts).arg(&offs).arg(&at).arg(&n).arg(&mut nonfinite);
+        b.arg(bucket).arg(&len).arg(&dsts).arg(&offs).arg(&at).arg(&pieces).arg(&mut nonfinite);
         // SAFETY: arguments match T::UNPACK in kernels/pack.cu; every address is a live output.
         unsafe { b.launch(grid) }.w()?;
     }

@@ -93,7 +93,6 @@ impl WireBucket {
         let ranks = comm.info().size;
         let inputs: usize = lens.iter().map(|l| l * dtype.size()).sum();
         let results: usize = lens.iter().map(|&l| l.div_ceil(ranks) * dtype.size()).sum();
-        comm.check_transport(transport)?;
         let window = match transport {
             Transport::Auto => SharedWindow::new(comm.control(), inputs + results)?,
             Transport::Messages | Transport::Hierarchical => None,

@@ -167,7 +167,9 @@ impl Peers {
 pub fn publish(control: &Control, progress: Arc<Progress>) -> anyhow::Result<(Server, Peers)> {
     // One number for the job, so that an answer from another job's port is no answer.
     let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let nonce = control.all_gather_u64(clock.as_nanos() as u64 ^ u64::from(std::process::id()) << 32)?[0];
+    let mut nonce = (clock.as_nanos() as u64 ^ u64::from(std::process::id()) << 32).to_le_bytes();
+    control.broadcast_bytes(&mut nonce, 0)?;
+    let nonce = u64::from_le_bytes(nonce);
     let rank = control.info().rank;
     let mine = listen().and_then(|(listener, words)| Ok((Server::serve(listener, progress, nonce, rank)?, words)));
     let (server, words) = control.agree("the watchdog's progress port", mine)?;

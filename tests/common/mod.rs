@@ -111,3 +111,9 @@ pub fn assert_ok(run: &Run, what: &str) {
 pub fn host_cores() -> usize {
     candle_mpi::host::threads::host_cores()
 }
+
+/// Flags of a run whose rank 0 writes its step-2 checkpoint (into `dir`) 3 s
+/// slower than the 1 s collective timeout: a slow rank, not a stuck one.
+pub fn slow_checkpoint_flags(dir: &str) -> [&str; 8] {
+    ["--checkpoint-dir", dir, "--checkpoint-every", "2", "--fault-inject", "0:2:ckpt-slow", "--collective-timeout", "1"]
+}

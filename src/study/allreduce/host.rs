@@ -75,6 +75,7 @@ pub fn run(
     mut on_row: impl FnMut(&AllreduceRow),
 ) -> anyhow::Result<Vec<AllreduceRow>> {
     cfg.validate()?;
+    comm.check_transport(cfg.transport)?;
     let mut rows = vec![];
     for bytes in cfg.sizes() {
         if bytes < cfg.dtype.size() {
