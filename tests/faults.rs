@@ -337,7 +337,13 @@ fn a_full_disk_keeps_the_summary_and_leaves_no_temporary() {
         line.push(' ');
         line.push_str(&a);
     }
-    let child = Command::new("bash").args(["-c", &line]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Both outputs piped: an inherited stdout may be a file already past the limit (CI's log).
+    let child = Command::new("bash")
+        .args(["-c", &line])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     let limit = libc::rlimit { rlim_cur: 16 << 10, rlim_max: 16 << 10 };
     // SAFETY: sets a resource limit of the child this test started.
