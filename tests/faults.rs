@@ -412,3 +412,39 @@ fn without_the_barrier_the_run_is_the_same_and_a_hang_is_still_caught() {
     assert!(run.output.contains("rank(s) 1 (last seen at step 2) never arrived"), "{}", run.output);
     assert_none_left("1219");
 }
+
+/// With `--overlap` the same faults end the same way: an overflowing
+/// gradient skips the step on every rank, a NaN loss stops the run naming
+/// the step, and a rank hung before its backward is named by the others,
+/// who wait for it inside the overlapped exchange.
+#[test]
+fn overlapped_steps_skip_stop_and_end_like_the_others() {
+    let out = std::env::temp_dir().join(format!("candle-mpi-overlap-overflow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let extra = ["--overlap", "--grad-dtype", "f16", "--fault-inject", "1:3:overflow", "--out", out.to_str().unwrap()];
+    let run = mpirun2(&args("1221", "6", &extra));
+    common::assert_ok(&run, "overlapped overflow run");
+    assert!(run.output.contains("step 3 skipped: non-finite gradient"), "warned: {}", run.output);
+    let s = summary(&out);
+    assert_eq!(s["skipped_steps"], 1);
+    assert!(s["param_l2"].as_f64().unwrap().is_finite(), "the weights never saw the inf");
+    std::fs::remove_dir_all(&out).unwrap();
+
+    let run = mpirun2(&args("1222", "6", &["--overlap", "--fault-inject", "0:4:nan"]));
+    assert!(!run.success);
+    assert!(run.output.contains("step 4: the loss became NaN on rank(s) [0]"), "{}", run.output);
+
+    let extra = ["--overlap", "--fault-inject", "1:3:hang", "--collective-timeout", "3"];
+    let run = mpirun2(&args("1223", "40", &extra));
+    eprintln!("hung rank, overlapped: the job ended after {:.2} s (timeout 3 s)", run.elapsed.as_secs_f64());
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output.contains("rank 0: step 3: waited")
+            && run.output.contains("in the gradient exchange (overlapped with backward)"),
+        "{}",
+        run.output
+    );
+    assert!(run.output.contains("rank(s) 1 (last seen at step 2) never arrived"), "{}", run.output);
+    assert!(run.elapsed < Duration::from_secs(30));
+    assert_none_left("1223");
+}

@@ -79,10 +79,18 @@ pub struct TrainArgs {
     /// Which MPI data plane sums the gradients (CPU ranks)
     #[arg(long, value_enum, default_value_t = Transport::Auto)]
     transport: Transport,
+    /// Send each bucket of gradients as soon as backward has finished it, while
+    /// the earlier layers' backward still runs (PyTorch DDP's overlap): buckets
+    /// in reverse order of the forward pass, the first one 1 MiB. The same
+    /// gradients bit for bit; comm_s is then the exchange time left after
+    /// backward, exchange_s all of it. CPU ranks only
+    #[arg(long)]
+    overlap: bool,
     /// Wait at a barrier before the exchange, to measure the load imbalance
     /// (wait_s); false saves that round trip, and the wait then shows up in comm_s
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
-    measure_wait: bool,
+    /// [default: true, false with --overlap]
+    #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+    measure_wait: Option<bool>,
     /// Seed of weights, shuffling and synthetic data
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -140,6 +148,15 @@ fn serialize_debug<T: std::fmt::Debug, S: serde::Serializer>(value: &T, s: S) ->
 }
 
 pub fn exec(args: &TrainArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !(args.overlap && args.measure_wait == Some(true)),
+        "--measure-wait true: a barrier between backward and the exchange would undo --overlap \
+         (accepted with --overlap: false, or leave it out)"
+    );
+    anyhow::ensure!(
+        !args.overlap || args.device == DeviceKind::Cpu,
+        "--overlap with --device cuda: accepted with --device cpu only; GPU ranks exchange after the backward pass"
+    );
     let config = TrainConfig {
         model: args.model,
         image_size: args.image_size.unwrap_or(args.model.default_image_size()),
@@ -152,7 +169,8 @@ pub fn exec(args: &TrainArgs) -> anyhow::Result<()> {
         grad_dtype: args.grad_dtype,
         bucket_bytes: (args.bucket_mb * 1024.0 * 1024.0) as usize,
         transport: args.transport,
-        measure_wait: args.measure_wait,
+        measure_wait: args.measure_wait.unwrap_or(!args.overlap),
+        overlap: args.overlap,
         seed: args.seed,
         data: args.data.clone(),
         synthetic_len: args.synthetic_size,

@@ -1,8 +1,12 @@
 //! The gradient exchange: gradients in, mean gradients out, one code path
-//! around every data plane (PyTorch DDP's reducer, without overlap yet).
+//! around every data plane (PyTorch DDP's reducer).
 //!
 //! The plan (`plan.rs`) lays the parameters end to end in name order and
-//! cuts them into buckets of `--bucket-mb`. Each step:
+//! cuts them into buckets of `--bucket-mb`; overlapped with backward
+//! (`exchange_streamed`), in the order backward finishes them, with a small
+//! first bucket, each bucket summed as soon as its gradients exist. The sum
+//! of each element does not depend on where it lies in a bucket, so both
+//! plans give the same bits. Each step:
 //!
 //!   f32 gradients -> x 1/N -> wire type (f16 by default) -> all-reduce sum
 //!   -> f32 mean gradients, counting non-finite values on the way
@@ -22,6 +26,7 @@ mod cuda;
 mod host;
 pub mod plan;
 
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use candle_core::{backprop::GradStore, Device, Tensor, Var};
@@ -31,7 +36,13 @@ use crate::comm::{Comm, GradDtype, Transport};
 
 use self::cuda::DeviceBuckets;
 pub use self::host::{pack_scaled, unpack, WireBucket};
-use self::plan::{bucket_lens, exchange_order, layout_text, plan_buckets, Piece};
+use self::plan::{
+    bucket_lens, exchange_order, layout_text, overlap_order, plan_buckets, plan_buckets_first, ready_stages, Piece,
+};
+
+/// The first bucket of an overlapped exchange (PyTorch DDP's default size):
+/// small, so that the exchange starts early in backward.
+pub const FIRST_BUCKET_BYTES: usize = 1 << 20;
 
 /// Elements of `dtype` in a bucket of `bucket_bytes` (at least one).
 fn bucket_elems(bucket_bytes: usize, dtype: GradDtype) -> usize {
@@ -66,6 +77,21 @@ impl ExchangeReport {
     }
 }
 
+/// One stage's gradients, handed from the backward pass to the exchange:
+/// `(parameter index in exchange order, gradient)`, and when the stage ended.
+pub struct StageGrads {
+    pub stage: usize,
+    pub grads: Vec<(usize, Tensor)>,
+    pub at: Instant,
+}
+
+/// What an exchange overlapped with backward found.
+pub struct Streamed {
+    pub report: ExchangeReport,
+    /// When the backward pass ended (stage 0's gradients arrived).
+    pub backward_end: Instant,
+}
+
 /// Where the buckets live.
 enum Placement {
     Host(Vec<WireBucket>),
@@ -78,6 +104,10 @@ pub struct GradExchange {
     vars: Vec<Var>,
     plan: Vec<Vec<Piece>>,
     placement: Placement,
+    /// Overlapped plans: each parameter's stage (exchange order), and the
+    /// stage after which each bucket is complete.
+    stage_of: Vec<Option<usize>>,
+    ready: Vec<usize>,
 }
 
 impl GradExchange {
@@ -90,6 +120,31 @@ impl GradExchange {
         comm: &Comm,
         transport: Transport,
     ) -> anyhow::Result<Self> {
+        Self::build(params, bucket_bytes, dtype, comm, transport, None)
+    }
+
+    /// Collective: as `new`, planned for `exchange_streamed`: `stage_of[i]`
+    /// is the stage whose backward finishes `params[i]`'s gradient
+    /// (`train::staged::stage_of_params`). Host buckets only.
+    pub fn overlapped(
+        params: &[(String, Var)],
+        bucket_bytes: usize,
+        dtype: GradDtype,
+        comm: &Comm,
+        transport: Transport,
+        stage_of: &[Option<usize>],
+    ) -> anyhow::Result<Self> {
+        Self::build(params, bucket_bytes, dtype, comm, transport, Some(stage_of))
+    }
+
+    fn build(
+        params: &[(String, Var)],
+        bucket_bytes: usize,
+        dtype: GradDtype,
+        comm: &Comm,
+        transport: Transport,
+        stage_of: Option<&[Option<usize>]>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             bucket_bytes >= dtype.size(),
             "--bucket-mb: a bucket must hold at least one {} element",
@@ -97,25 +152,58 @@ impl GradExchange {
         );
         comm.check_transport(transport)?;
         let all_names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-        let order = exchange_order(&all_names);
-        for pair in order.windows(2) {
+        let by_name = exchange_order(&all_names);
+        for pair in by_name.windows(2) {
             anyhow::ensure!(
                 all_names[pair[0]] != all_names[pair[1]],
                 "parameter {} is listed twice",
                 all_names[pair[0]]
             );
         }
+        let order = match stage_of {
+            Some(stages) => overlap_order(&all_names, stages),
+            None => by_name,
+        };
         let (names, vars): (Vec<String>, Vec<Var>) = order.iter().map(|&i| params[i].clone()).unzip();
         let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
-        let plan = plan_buckets(&sizes, bucket_elems(bucket_bytes, dtype));
+        let elems = bucket_elems(bucket_bytes, dtype);
+        let overlapped = stage_of.is_some();
+        let (plan, stage_of, ready) = match stage_of {
+            Some(stages) => {
+                let first = bucket_elems(FIRST_BUCKET_BYTES.min(bucket_bytes), dtype);
+                let plan = plan_buckets_first(&sizes, first, elems);
+                let in_order: Vec<Option<usize>> = order.iter().map(|&i| stages[i]).collect();
+                let ready = ready_stages(&plan, &in_order);
+                (plan, in_order, ready)
+            }
+            None => (plan_buckets(&sizes, elems), vec![], vec![]),
+        };
         let lens = bucket_lens(&plan);
         // Every rank takes the same branch: the start-up check compares
         // device-independent settings, and the device kind is one flag.
         let placement = match DeviceBuckets::for_exchange(&vars, comm, dtype, &lens)? {
+            Some(_) if overlapped => anyhow::bail!(
+                "--overlap: gradients in GPU memory are exchanged after the backward pass; leave --overlap out on GPUs"
+            ),
             Some(device) => Placement::Device(device),
             None => Placement::Host(WireBucket::allocate(comm, dtype, &lens, transport)?),
         };
-        Ok(Self { names, vars, plan, placement })
+        Ok(Self { names, vars, plan, placement, stage_of, ready })
+    }
+
+    /// The parameters in exchange order.
+    pub fn vars(&self) -> &[Var] {
+        &self.vars
+    }
+
+    /// For an overlapped plan, each parameter's stage, in exchange order.
+    pub fn stage_of(&self) -> &[Option<usize>] {
+        &self.stage_of
+    }
+
+    /// Buckets in the plan.
+    pub fn buckets(&self) -> usize {
+        self.plan.len()
     }
 
     /// Collective, at the clean end of a run on every rank: frees the
@@ -166,6 +254,89 @@ impl GradExchange {
             }
         }
         Ok(report)
+    }
+}
+
+impl GradExchange {
+    /// Collective, for an overlapped plan: takes each stage's gradients from
+    /// `arrivals` as backward hands them over, last stage first, and sums
+    /// each bucket as soon as all of its gradients are there (in plan order,
+    /// the same on every rank), while backward goes on. `watch(true)` and
+    /// `watch(false)` bracket each bucket's all-reduce. Returns the mean
+    /// gradients of every parameter (none when the step is to be skipped).
+    pub fn exchange_streamed(
+        &mut self,
+        comm: &Comm,
+        arrivals: Receiver<StageGrads>,
+        watch: &mut dyn FnMut(bool),
+    ) -> anyhow::Result<(GradStore, Streamed)> {
+        let Placement::Host(buckets) = &mut self.placement else {
+            anyhow::bail!("an exchange overlapped with backward needs host buckets");
+        };
+        anyhow::ensure!(self.ready.len() == self.plan.len(), "this exchange was not planned for overlap");
+        let scale = 1.0 / comm.info().size as f32;
+        let mut report =
+            ExchangeReport { elements: self.vars.iter().map(|v| v.elem_count()).sum(), ..Default::default() };
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.vars.len()];
+        let mut out: Vec<Vec<f32>> = self.vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
+        // The lowest stage whose gradients arrived (stages arrive last first).
+        let mut done_down_to: Option<usize> = None;
+        let mut backward_end = None;
+        let mut receive = |until: usize, grads: &mut Vec<Option<Tensor>>| -> anyhow::Result<()> {
+            while done_down_to.is_none_or(|d| d > until) {
+                let a = arrivals
+                    .recv()
+                    .map_err(|_| anyhow::anyhow!("the backward pass stopped before stage {until} was done"))?;
+                done_down_to = Some(a.stage);
+                if a.stage == 0 {
+                    backward_end = Some(a.at);
+                }
+                for (i, g) in a.grads {
+                    grads[i] = Some(g);
+                }
+            }
+            Ok(())
+        };
+        for ((pieces, bucket), &ready) in self.plan.iter().zip(buckets.iter_mut()).zip(&self.ready) {
+            receive(ready, &mut grads)?;
+            let t0 = Instant::now();
+            for p in pieces {
+                match &grads[p.param] {
+                    Some(g) => host::with_f32_values(g, |v| {
+                        bucket.pack(p.bucket_offset, &v[p.param_offset..p.param_offset + p.len], scale)
+                    })?,
+                    None => bucket.pack(p.bucket_offset, &vec![0.0; p.len], 1.0),
+                }
+            }
+            let t1 = Instant::now();
+            watch(true);
+            let summed = bucket.all_reduce(comm);
+            watch(false);
+            summed?;
+            let t2 = Instant::now();
+            for p in pieces {
+                report.nonfinite +=
+                    bucket.unpack(p.bucket_offset, &mut out[p.param][p.param_offset..p.param_offset + p.len]);
+            }
+            report.pack_s += (t1 - t0).as_secs_f64();
+            report.comm_s += (t2 - t1).as_secs_f64();
+            report.unpack_s += t2.elapsed().as_secs_f64();
+        }
+        // With no bucket left to wait for, backward still has to end.
+        receive(0, &mut grads)?;
+        let backward_end = backward_end.expect("stage 0 arrived");
+        let t0 = Instant::now();
+        let mut means = GradStore::default();
+        if !report.skipped() {
+            for (var, values) in self.vars.iter().zip(out) {
+                let t = var.as_tensor();
+                let mean =
+                    Tensor::from_vec(values, t.shape(), &Device::Cpu)?.to_device(t.device())?.to_dtype(t.dtype())?;
+                means.insert(t, mean);
+            }
+        }
+        report.unpack_s += t0.elapsed().as_secs_f64();
+        Ok((means, Streamed { report, backward_end }))
     }
 }
 

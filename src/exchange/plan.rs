@@ -1,7 +1,9 @@
 //! The exchange's plan, fixed before step 1 and the same on every rank:
 //! parameters in name order (candle's VarMap iterates a HashMap, so its order
-//! differs between processes), laid end to end and cut into buckets of a
-//! fixed number of elements; a bucket boundary may fall inside a tensor.
+//! differs between processes), or, to overlap the exchange with backward, in
+//! the order backward finishes them (last stage first, by name within a
+//! stage: PyTorch DDP's reverse order); laid end to end and cut into buckets
+//! of a fixed number of elements; a bucket boundary may fall inside a tensor.
 
 /// A slice of one parameter that lives in one bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,21 +21,39 @@ pub fn exchange_order(names: &[&str]) -> Vec<usize> {
     order
 }
 
+/// The indices of `names` in the order backward finishes their gradients:
+/// `stage_of[i]` descending, by name within a stage; parameters that get no
+/// gradient (`None`) last, by name. The same on every rank.
+pub fn overlap_order(names: &[&str], stage_of: &[Option<usize>]) -> Vec<usize> {
+    assert_eq!(names.len(), stage_of.len());
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    // `None` sorts below every `Some`, so the reversed stage puts it last.
+    order.sort_by(|&a, &b| stage_of[b].cmp(&stage_of[a]).then(names[a].cmp(names[b])));
+    order
+}
+
 /// Cuts `sizes` (elements per parameter, in exchange order) into buckets of
 /// `bucket_elems` elements; the last bucket holds the rest.
 pub fn plan_buckets(sizes: &[usize], bucket_elems: usize) -> Vec<Vec<Piece>> {
-    assert!(bucket_elems > 0);
+    plan_buckets_first(sizes, bucket_elems, bucket_elems)
+}
+
+/// As `plan_buckets`, with a first bucket of `first_elems` (a small first
+/// bucket starts the exchange early in backward, as DDP's does).
+pub fn plan_buckets_first(sizes: &[usize], first_elems: usize, bucket_elems: usize) -> Vec<Vec<Piece>> {
+    assert!(bucket_elems > 0 && first_elems > 0);
     let mut buckets: Vec<Vec<Piece>> = vec![];
     let mut current: Vec<Piece> = vec![];
     let mut filled = 0;
     for (param, &size) in sizes.iter().enumerate() {
         let mut offset = 0;
         while offset < size {
-            let len = (size - offset).min(bucket_elems - filled);
+            let capacity = if buckets.is_empty() { first_elems } else { bucket_elems };
+            let len = (size - offset).min(capacity - filled);
             current.push(Piece { param, param_offset: offset, bucket_offset: filled, len });
             offset += len;
             filled += len;
-            if filled == bucket_elems {
+            if filled == capacity {
                 buckets.push(std::mem::take(&mut current));
                 filled = 0;
             }
@@ -48,6 +68,13 @@ pub fn plan_buckets(sizes: &[usize], bucket_elems: usize) -> Vec<Vec<Piece>> {
 /// Elements in each bucket of a plan.
 pub fn bucket_lens(plan: &[Vec<Piece>]) -> Vec<usize> {
     plan.iter().map(|pieces| pieces.iter().map(|p| p.len).sum()).collect()
+}
+
+/// For each bucket, the stage after whose backward all of its gradients
+/// exist: the lowest stage among its pieces (`stage_of` in exchange order;
+/// a parameter without a gradient counts as stage 0, ready at the end).
+pub fn ready_stages(plan: &[Vec<Piece>], stage_of: &[Option<usize>]) -> Vec<usize> {
+    plan.iter().map(|pieces| pieces.iter().map(|p| stage_of[p.param].unwrap_or(0)).min().unwrap_or(0)).collect()
 }
 
 /// The plan as text (parameter names in exchange order, then bucket
@@ -79,6 +106,29 @@ mod tests {
         assert_eq!(plan_buckets(&[4, 4], 4).len(), 2);
         assert_eq!(plan_buckets(&[4, 4], 100).len(), 1);
         assert!(plan_buckets(&[0, 0], 4).is_empty());
+    }
+
+    #[test]
+    fn a_first_bucket_of_its_own_size() {
+        let plan = plan_buckets_first(&[3, 5, 2], 2, 4);
+        assert_eq!(bucket_lens(&plan), vec![2, 4, 4]);
+        assert_eq!(plan[1][0], Piece { param: 0, param_offset: 2, bucket_offset: 0, len: 1 });
+        // A first bucket larger than the rest, and one that takes everything.
+        assert_eq!(bucket_lens(&plan_buckets_first(&[10], 6, 3)), vec![6, 3, 1]);
+        assert_eq!(bucket_lens(&plan_buckets_first(&[10], 20, 3)), vec![10]);
+    }
+
+    #[test]
+    fn overlap_order_is_last_stage_first_and_unused_last() {
+        let names = ["a", "b", "c", "d", "e"];
+        let stages = [Some(0), Some(2), None, Some(2), Some(1)];
+        assert_eq!(overlap_order(&names, &stages), vec![1, 3, 4, 0, 2]);
+        // Buckets over that order: each is ready when its lowest stage is done.
+        let in_order = [Some(2), Some(2), Some(1), Some(0), None];
+        let plan = plan_buckets(&[1, 1, 1, 1, 1], 2);
+        assert_eq!(ready_stages(&plan, &in_order), vec![2, 0, 0]);
+        let plan = plan_buckets(&[1, 1, 1, 1, 1], 1);
+        assert_eq!(ready_stages(&plan, &in_order), vec![2, 2, 1, 0, 0]);
     }
 
     #[test]

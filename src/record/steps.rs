@@ -20,8 +20,12 @@ pub struct StepRecord {
     pub compute_s: f64,
     /// At the barrier before the exchange: the load imbalance.
     pub wait_s: f64,
-    /// The gradient exchange.
+    /// The gradient exchange, as far as the step waited for it (overlapped
+    /// with backward: only what was left after backward ended).
     pub comm_s: f64,
+    /// The whole gradient exchange, overlapped or not (pack, all-reduce and
+    /// unpack of every bucket); equals `comm_s` without overlap.
+    pub exchange_s: f64,
     pub samples: usize,
     pub skipped: bool,
     /// Bytes the exchange sent to ranks on other hosts (MPI data planes).
@@ -36,14 +40,14 @@ impl StepRecord {
 }
 
 pub const CSV_HEADER: &str =
-    "step,rank,epoch,loss,lr,data_s,compute_s,wait_s,comm_s,samples,skipped,between_hosts_bytes";
+    "step,rank,epoch,loss,lr,data_s,compute_s,wait_s,comm_s,exchange_s,samples,skipped,between_hosts_bytes";
 
 /// The rows as CSV, header first.
 pub fn to_csv(rows: &[StepRecord]) -> String {
     let mut out = format!("{CSV_HEADER}\n");
     for r in rows {
         out.push_str(&format!(
-            "{},{},{},{},{},{:.9},{:.9},{:.9},{:.9},{},{},{}\n",
+            "{},{},{},{},{},{:.9},{:.9},{:.9},{:.9},{:.9},{},{},{}\n",
             r.step,
             r.rank,
             r.epoch,
@@ -53,6 +57,7 @@ pub fn to_csv(rows: &[StepRecord]) -> String {
             r.compute_s,
             r.wait_s,
             r.comm_s,
+            r.exchange_s,
             r.samples,
             u8::from(r.skipped),
             r.between_hosts_bytes
@@ -64,7 +69,7 @@ pub fn to_csv(rows: &[StepRecord]) -> String {
 /// Every rank's records, ordered by step then rank (collective). The step,
 /// epoch and learning rate are the same on every rank; the rest travels.
 pub fn gather(mine: &[StepRecord], control: &Control) -> anyhow::Result<Vec<StepRecord>> {
-    const FIELDS: usize = 8;
+    const FIELDS: usize = 9;
     let mut flat = Vec::with_capacity(mine.len() * FIELDS);
     for r in mine {
         flat.extend([
@@ -76,6 +81,7 @@ pub fn gather(mine: &[StepRecord], control: &Control) -> anyhow::Result<Vec<Step
             r.samples as f64,
             f64::from(u8::from(r.skipped)),
             r.between_hosts_bytes as f64,
+            r.exchange_s,
         ]);
     }
     let all = control.all_gather_f64s(&flat)?;
@@ -94,6 +100,7 @@ pub fn gather(mine: &[StepRecord], control: &Control) -> anyhow::Result<Vec<Step
                 samples: v[5] as usize,
                 skipped: v[6] != 0.0,
                 between_hosts_bytes: v[7] as u64,
+                exchange_s: v[8],
                 ..template.clone()
             });
         }
@@ -113,6 +120,8 @@ pub struct StepStats {
     /// Medians over the later steps of each part, averaged over the ranks.
     pub compute_s: f64,
     pub comm_s: f64,
+    /// The whole exchange (more than `comm_s` when overlapped with backward).
+    pub exchange_s: f64,
     pub wait_s: f64,
     pub data_s: f64,
     /// Bytes sent between hosts in a step, all ranks together (median over the later steps).
@@ -141,6 +150,7 @@ pub fn step_stats(all: &[StepRecord], world: usize, warmup: usize) -> StepStats 
         step_s_std: std_dev(&times),
         compute_s: part(|r| r.compute_s),
         comm_s: part(|r| r.comm_s),
+        exchange_s: part(|r| r.exchange_s),
         wait_s: part(|r| r.wait_s),
         data_s: part(|r| r.data_s),
         between_hosts_bytes: median(
@@ -164,6 +174,7 @@ mod tests {
             compute_s,
             wait_s,
             comm_s: 0.25,
+            exchange_s: 0.25,
             samples: 8,
             skipped: false,
             between_hosts_bytes: 0,
@@ -176,7 +187,7 @@ mod tests {
         let csv = to_csv(&[r.clone(), StepRecord { step: 4, skipped: false, ..r }]);
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines[0], CSV_HEADER);
-        assert_eq!(lines[1], "3,1,0,1.5,0.1,0.001000000,0.500000000,0.000000000,0.250000000,8,1,0");
+        assert_eq!(lines[1], "3,1,0,1.5,0.1,0.001000000,0.500000000,0.000000000,0.250000000,0.250000000,8,1,0");
         assert!(lines[2].starts_with("4,1,") && lines[2].ends_with(",8,0,0"));
     }
 

@@ -27,6 +27,9 @@ pub struct TrainConfig {
     pub transport: Transport,
     /// A barrier before each exchange, so that the wait for the slowest rank is measured apart.
     pub measure_wait: bool,
+    /// Exchange each bucket as soon as backward has finished its gradients,
+    /// while backward goes on (CPU ranks).
+    pub overlap: bool,
     pub seed: u64,
     #[serde(serialize_with = "crate::record::files::serialize_display")]
     pub data: DataSpec,

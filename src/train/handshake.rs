@@ -26,6 +26,7 @@ fn fields(cfg: &TrainConfig, params: &[(String, Var)], data: &str) -> Vec<(&'sta
         ("--bucket-mb", cfg.bucket_bytes.to_string()),
         ("--transport", format!("{:?}", cfg.transport)),
         ("--measure-wait", cfg.measure_wait.to_string()),
+        ("--overlap", cfg.overlap.to_string()),
         ("--seed", cfg.seed.to_string()),
         ("--data/--synthetic-size", data.to_string()),
         ("--dropout", format!("{:?}", cfg.dropout)),

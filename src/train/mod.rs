@@ -4,7 +4,9 @@
 //! (`step.rs`) every rank reads its shard of the global batch, runs forward
 //! and backward (compute), waits at a barrier for the slowest rank (wait: the
 //! load imbalance Theano-MPI calls wait), exchanges gradients (comm) and
-//! applies SGD, unless the exchange found a non-finite value, in which case
+//! applies SGD; with `--overlap` (`overlap.rs`, `staged.rs`) backward runs
+//! stage by stage on a compute thread and each bucket is exchanged as soon
+//! as its gradients exist; unless the exchange found a non-finite value, in which case
 //! every rank skips it. After a step (`checks.rs`) come the checks every rank
 //! makes together and the checkpoint; at the end (`finish.rs`) the last
 //! validation (`validation.rs`) and the gathered records. `run.rs` puts the
@@ -23,6 +25,7 @@ pub mod fault;
 mod finish;
 mod handshake;
 mod launch;
+mod overlap;
 mod peers;
 mod progress;
 mod run;

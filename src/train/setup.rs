@@ -183,8 +183,19 @@ impl<'a> Run<'a> {
             0
         };
         watchdog.watch(0, "the broadcast of rank 0's weights", || broadcast_from_rank0(&local.store, comm, false))?;
-        let exchange = watchdog.watch(0, "allocating the exchange's buckets", || {
-            GradExchange::new(&local.params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport)
+        // Which stage finishes each gradient: the same on every rank, found alone.
+        let stage_of = match cfg.overlap {
+            true => {
+                let shape = (1, local.train_data.channels(), cfg.image_size, cfg.image_size);
+                Some(super::staged::stage_of_params(local.net.as_ref(), &local.params, shape)?)
+            }
+            false => None,
+        };
+        let exchange = watchdog.watch(0, "allocating the exchange's buckets", || match &stage_of {
+            Some(stages) => {
+                GradExchange::overlapped(&local.params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport, stages)
+            }
+            None => GradExchange::new(&local.params, cfg.bucket_bytes, cfg.grad_dtype, comm, cfg.transport),
         })?;
         Self::assemble(cfg, comm, device, info, local, first_step, watchdog, exchange)
     }

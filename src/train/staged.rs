@@ -16,16 +16,16 @@ use candle_core::{Result, Tensor, Var};
 use crate::model::network::Network;
 
 /// Forward and backward of `net` on `x`, stage by stage; `loss` turns the
-/// logits into the scalar to minimise. `ready(stage, grads)` is called as
-/// soon as the gradients of stage `stage`'s parameters are final, last stage
-/// first. Returns the loss and every stage's gradients, in stage order.
+/// logits into the scalar to minimise. `ready(stage, grads)` is handed each
+/// stage's gradients as soon as they are final, last stage first. Returns
+/// the loss.
 pub fn forward_backward(
     net: &dyn Network,
     x: &Tensor,
     train: bool,
     loss: impl FnOnce(&Tensor) -> Result<Tensor>,
-    mut ready: impl FnMut(usize, &GradStore) -> Result<()>,
-) -> Result<(Tensor, Vec<GradStore>)> {
+    mut ready: impl FnMut(usize, GradStore) -> Result<()>,
+) -> Result<Tensor> {
     let stages = net.stages();
     // The input of each stage (stage 0: the data, which needs no gradient), and each output.
     let mut inputs: Vec<Option<Var>> = Vec::with_capacity(stages);
@@ -40,34 +40,52 @@ pub fn forward_backward(
         outputs.push(out);
     }
     let loss = loss(outputs.last().expect("a network has at least one stage"))?;
-    let mut grads: Vec<GradStore> = Vec::with_capacity(stages);
     let mut upstream: Option<Tensor> = None;
     for i in (0..stages).rev() {
         let store = match upstream.take() {
             None => loss.backward()?,
             Some(g) => (&outputs[i] * g)?.sum_all()?.backward()?,
         };
-        if let Some(input) = &inputs[i] {
+        // This stage's activations are no longer needed.
+        outputs.truncate(i);
+        if let Some(input) = inputs[i].take() {
             upstream = Some(match store.get(input.as_tensor()) {
                 Some(g) => g.clone(),
                 // An input that the loss does not depend on.
                 None => input.as_tensor().zeros_like()?,
             });
         }
-        ready(i, &store)?;
-        grads.push(store);
+        ready(i, store)?;
     }
-    grads.reverse();
-    Ok((loss, grads))
+    Ok(loss)
 }
 
-/// One store of the gradients of `params` found in `stores`.
-pub fn merge(stores: &[GradStore], params: &[(String, Var)]) -> GradStore {
-    let mut merged = GradStore::default();
-    for (_, var) in params {
-        if let Some(g) = stores.iter().find_map(|s| s.get(var.as_tensor())) {
-            merged.insert(var.as_tensor(), g.clone());
-        }
-    }
-    merged
+/// The stage whose backward gives each of `params` its gradient (`None`:
+/// the loss does not depend on it, as for GoogLeNet's auxiliary heads),
+/// found by one staged backward of one blank image of `shape` (one image,
+/// channels, height, width) in evaluation mode, which leaves every
+/// batch-norm buffer as it was.
+pub fn stage_of_params(
+    net: &dyn Network,
+    params: &[(String, Var)],
+    shape: (usize, usize, usize, usize),
+) -> Result<Vec<Option<usize>>> {
+    let device = params.first().map_or(candle_core::Device::Cpu, |(_, v)| v.device().clone());
+    let x = Tensor::zeros(shape, candle_core::DType::F32, &device)?;
+    let mut stage_of = vec![None; params.len()];
+    forward_backward(
+        net,
+        &x,
+        false,
+        |logits| logits.sum_all(),
+        |stage, store| {
+            for (i, (_, var)) in params.iter().enumerate() {
+                if store.get(var.as_tensor()).is_some() {
+                    stage_of[i] = Some(stage);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(stage_of)
 }

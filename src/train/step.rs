@@ -1,6 +1,7 @@
 //! One step: this rank's batch, forward and backward, the barrier, the
-//! exchange, the update (or the skip every rank makes together), timed by
-//! phase into the step's record.
+//! exchange (or, with `--overlap`, backward and the exchange together:
+//! `overlap.rs`), the update (or the skip every rank makes together), timed
+//! by phase into the step's record.
 
 use std::time::Instant;
 
@@ -21,10 +22,24 @@ struct StepClock {
     computed: Instant,
     /// Every rank reached the barrier (wait: how far ahead of the slowest).
     all_arrived: Instant,
-    /// The mean gradients are back (comm).
+    /// The mean gradients are back (comm: what the step waited for).
     exchanged: Instant,
     /// The optimizer has run (compute too).
     updated: Instant,
+    /// The whole exchange, the part overlapped with backward included.
+    exchange_s: f64,
+}
+
+/// How a step's gradients were computed and exchanged.
+pub(super) struct Exchanged {
+    /// The mean gradients (not to be applied when the report says skipped).
+    pub grads: GradStore,
+    pub report: ExchangeReport,
+    /// Backward ended; every rank was at the exchange (the barrier's end,
+    /// or `computed` without one).
+    pub computed: Instant,
+    pub all_arrived: Instant,
+    pub exchange_s: Option<f64>,
 }
 
 impl StepClock {
@@ -34,6 +49,7 @@ impl StepClock {
             compute_s: (self.computed - self.data_ready).as_secs_f64() + (self.updated - self.exchanged).as_secs_f64(),
             wait_s: (self.all_arrived - self.computed).as_secs_f64(),
             comm_s: (self.exchanged - self.all_arrived).as_secs_f64(),
+            exchange_s: self.exchange_s,
             ..template
         }
     }
@@ -48,25 +64,16 @@ impl Run<'_> {
         let host = self.loader.next()?;
         fault::strike_process(cfg.fault, rank, step + 1)?;
         let data_ready = Instant::now();
-        let mut grads = self.forward_backward(host, step)?;
-        let computed = Instant::now();
-        // Without the barrier the wait for the slowest rank falls into the exchange.
-        let all_arrived = if cfg.measure_wait {
-            self.watchdog.enter(step + 1, "the barrier before the gradient exchange");
-            self.comm.control().barrier()?;
-            Instant::now()
-        } else {
-            self.watchdog.enter(step + 1, "the gradient exchange");
-            computed
-        };
         let sent_before = self.comm.sent_between_hosts();
-        let report = self.exchange.exchange(&mut grads, self.comm)?;
+        let done = if cfg.overlap { self.overlapped(host, step)? } else { self.in_turn(host, step)? };
         let between_hosts_bytes = self.comm.sent_between_hosts() - sent_before;
-        self.watchdog.leave();
         let exchanged = Instant::now();
+        let Exchanged { grads, report, computed, all_arrived, exchange_s } = done;
+        let exchange_s = exchange_s.unwrap_or((exchanged - all_arrived).as_secs_f64());
         let lr = cfg.lr.at((step + 1) as f64 / self.steps_per_epoch as f64);
         self.update_or_skip(&report, &grads, lr, step)?;
-        let clock = StepClock { started, data_ready, computed, all_arrived, exchanged, updated: Instant::now() };
+        let clock =
+            StepClock { started, data_ready, computed, all_arrived, exchanged, updated: Instant::now(), exchange_s };
         let template = StepRecord {
             step: step + 1,
             rank,
@@ -77,12 +84,31 @@ impl Run<'_> {
             compute_s: 0.0,
             wait_s: 0.0,
             comm_s: 0.0,
+            exchange_s: 0.0,
             samples: cfg.batch_size,
             skipped: report.skipped(),
             between_hosts_bytes,
         };
         self.tally.records.push(clock.record(template));
         Ok(report.skipped())
+    }
+
+    /// Forward and backward, the barrier, then the exchange.
+    fn in_turn(&mut self, host: crate::data::loader::HostBatch, step: usize) -> anyhow::Result<Exchanged> {
+        let mut grads = self.forward_backward(host, step)?;
+        let computed = Instant::now();
+        // Without the barrier the wait for the slowest rank falls into the exchange.
+        let all_arrived = if self.cfg.measure_wait {
+            self.watchdog.enter(step + 1, "the barrier before the gradient exchange");
+            self.comm.control().barrier()?;
+            Instant::now()
+        } else {
+            self.watchdog.enter(step + 1, "the gradient exchange");
+            computed
+        };
+        let report = self.exchange.exchange(&mut grads, self.comm)?;
+        self.watchdog.leave();
+        Ok(Exchanged { grads, report, computed, all_arrived, exchange_s: None })
     }
 
     /// The loss of this rank's batch (kept as `last_loss`) and its gradients.

@@ -1,0 +1,144 @@
+//! A step with the exchange overlapped with backward (`--overlap`): forward
+//! and backward run stage by stage (`staged.rs`) on a compute thread, which
+//! hands each stage's gradients over as soon as they are final, while this
+//! thread, the only one that calls MPI, sums each bucket once its
+//! gradients are all there (`GradExchange::exchange_streamed`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use super::fault::{self, FaultKind};
+use super::setup::Run;
+use super::staged;
+use super::step::Exchanged;
+use crate::data::loader::HostBatch;
+use crate::data::to_tensors;
+use crate::exchange::StageGrads;
+use crate::model::Network;
+
+/// The compute thread's stack: candle's backward walks the graph recursively.
+const COMPUTE_STACK_BYTES: usize = 16 << 20;
+
+/// One step's forward and backward, as the compute thread runs it.
+struct Backward<'a> {
+    net: &'a dyn Network,
+    x: Tensor,
+    y: Tensor,
+    /// Test aids: the loss made NaN; this parameter's gradient (exchange
+    /// order) made to overflow f16.
+    nan: bool,
+    overflow: Option<usize>,
+    /// The parameters in exchange order, and the stage that finishes each.
+    vars: Vec<Var>,
+    stage_of: Vec<Option<usize>>,
+}
+
+impl Backward<'_> {
+    /// Runs forward and backward, sending each stage's gradients as they
+    /// are final; sets `gone` when the exchange stopped listening. Returns the loss.
+    fn run(self, tx: Sender<StageGrads>, gone: &AtomicBool) -> anyhow::Result<f32> {
+        let loss_of = |logits: &Tensor| {
+            let loss = candle_nn::loss::cross_entropy(logits, &self.y)?;
+            if self.nan {
+                loss * f64::NAN
+            } else {
+                Ok(loss)
+            }
+        };
+        let hand_over = |stage: usize, store: GradStore| {
+            let grads = self.stage_grads(stage, &store)?;
+            tx.send(StageGrads { stage, grads, at: Instant::now() }).map_err(|_| {
+                gone.store(true, Ordering::Release);
+                candle_core::Error::Msg("the gradient exchange stopped".into())
+            })
+        };
+        let loss = staged::forward_backward(self.net, &self.x, true, loss_of, hand_over)?;
+        Ok(loss.to_scalar::<f32>()?)
+    }
+
+    /// The gradients of stage `stage`'s parameters, by exchange index; an
+    /// error for a gradient the plan put in another stage.
+    fn stage_grads(&self, stage: usize, store: &GradStore) -> candle_core::Result<Vec<(usize, Tensor)>> {
+        let mut grads = Vec::new();
+        for (i, var) in self.vars.iter().enumerate() {
+            let Some(g) = store.get(var.as_tensor()) else { continue };
+            if self.stage_of[i] != Some(stage) {
+                return Err(candle_core::Error::Msg(format!(
+                    "a gradient came from stage {stage}, not from stage {:?} as planned",
+                    self.stage_of[i]
+                )));
+            }
+            grads.push((i, g.clone()));
+        }
+        if let Some(i) = self.overflow.filter(|&i| self.stage_of[i].unwrap_or(0) == stage) {
+            grads.retain(|(j, _)| *j != i);
+            grads.push((i, self.vars[i].as_tensor().ones_like()?.affine(1e9, 0.0)?));
+        }
+        Ok(grads)
+    }
+}
+
+impl Run<'_> {
+    /// Collective: forward, backward and the exchange of step `step`
+    /// (0-based) together; the loss is kept as `last_loss`.
+    pub(super) fn overlapped(&mut self, host: HostBatch, step: usize) -> anyhow::Result<Exchanged> {
+        let (cfg, rank) = (self.cfg, self.info.rank);
+        let (x, y) = to_tensors(host.pixels, host.labels, self.channels, cfg.image_size, self.device)?;
+        let vars = self.exchange.vars().to_vec();
+        // The overflow fault's parameter: the first by name, as without overlap.
+        let first = self.params[0].1.as_tensor().id();
+        let overflow = fault::hits(cfg.fault, FaultKind::Overflow, rank, step + 1)
+            .then(|| vars.iter().position(|v| v.as_tensor().id() == first))
+            .flatten();
+        let backward = Backward {
+            net: self.net.as_ref(),
+            x,
+            y,
+            nan: fault::hits(cfg.fault, FaultKind::Nan, rank, step + 1),
+            overflow,
+            stage_of: self.exchange.stage_of().to_vec(),
+            vars,
+        };
+        let (exchange, watchdog, comm) = (&mut self.exchange, &mut self.watchdog, self.comm);
+        // Set when the exchange stopped first: its error is then the one to tell.
+        let gone = AtomicBool::new(false);
+        // The sender lives on the compute thread: when it ends, the exchange hears of it.
+        let (tx, rx) = mpsc::channel::<StageGrads>();
+        let (loss, exchanged) = std::thread::scope(|s| {
+            let compute = std::thread::Builder::new()
+                .name("candle-mpi-compute".into())
+                .stack_size(COMPUTE_STACK_BYTES)
+                .spawn_scoped(s, || backward.run(tx, &gone))
+                .map_err(|e| anyhow::anyhow!("cannot start the compute thread: {e}"))?;
+            let exchanged = exchange.exchange_streamed(comm, rx, &mut |entering| {
+                if entering {
+                    watchdog.enter(step + 1, "the gradient exchange (overlapped with backward)")
+                } else {
+                    watchdog.leave()
+                }
+            });
+            let loss = compute.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the compute thread panicked")));
+            anyhow::Ok((loss, exchanged))
+        })?;
+        let (means, streamed) = match (loss, exchanged) {
+            (_, Err(e)) if gone.load(Ordering::Acquire) => return Err(e),
+            (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+            (Ok(loss), Ok(done)) => {
+                self.last_loss = loss;
+                done
+            }
+        };
+        let r = streamed.report;
+        Ok(Exchanged {
+            grads: means,
+            report: r,
+            computed: streamed.backward_end,
+            all_arrived: streamed.backward_end,
+            exchange_s: Some(r.pack_s + r.comm_s + r.unpack_s),
+        })
+    }
+}
