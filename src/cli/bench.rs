@@ -48,6 +48,9 @@ pub struct BenchArgs {
     /// Element type gradients travel in
     #[arg(long, value_enum, default_value_t = GradDtype::F16)]
     grad_dtype: GradDtype,
+    /// Every run with `train --overlap` (the exchange overlapped with backward; CPU only)
+    #[arg(long)]
+    overlap: bool,
     /// Pin each rank with numactl (see `candle-mpi bind --help`)
     #[arg(long, value_enum, default_value_t = BindMode::None)]
     bind: BindMode,
@@ -90,6 +93,7 @@ pub fn exec(args: &BenchArgs) -> anyhow::Result<()> {
         repeat: args.repeat,
         device: args.device,
         grad_dtype: args.grad_dtype,
+        overlap: args.overlap,
         bind: args.bind,
         launcher: args.launcher.clone(),
         hostfile: args.hostfile.clone(),

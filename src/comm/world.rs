@@ -29,7 +29,8 @@ pub struct World {
 impl World {
     /// Initialises MPI (a lone process outside mpirun is a world of one).
     pub fn init() -> anyhow::Result<World> {
-        let universe = mpi::initialize()
+        // Funneled: other threads compute (rayon, the overlapped backward), only this one calls MPI.
+        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
             .ok_or_else(|| anyhow::anyhow!("MPI is already initialised in this process; create the World once"))?;
         let comm = universe.world();
         let shared = comm.split_shared(comm.rank());

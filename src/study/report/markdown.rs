@@ -39,6 +39,8 @@ fn intro(machine: &MachineInfo, results: &[RunResult], failed: &[RunRecord]) -> 
         "
 {} runs ({} failed). Times are seconds per 5120 images (the unit of Theano-MPI's tables); compute / comm / wait / data are \
          per-step medians (mean over ranks) scaled to 5120 images; the step is the slowest rank's; speed-up is t1/tN per repeat, mean ± std. \
+         comm is the part of the gradient exchange the step waited for, exchange all of it (the same unless \
+         the sweep ran with --overlap, where the rest was hidden behind backward). \
          The host ceiling is N independent single-process trainings started together, each with the batch and cores of one rank: \
          their summed throughput over one worker's is the most N workers could reach on this host with free communication.\n",
         results.len() + failed.len(),
@@ -199,18 +201,19 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The markdown table of one network.
 pub fn table(rows: &[ScalingRow]) -> String {
     let mut t = String::from(
-        "| workers | s / 5120 images | compute | comm | wait | data | speed-up | efficiency | host ceiling | eff. vs ceiling | slowest rank's step | RSS / rank | RSS total |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| workers | s / 5120 images | compute | comm | exchange | wait | data | speed-up | efficiency | host ceiling | eff. vs ceiling | slowest rank's step | RSS / rank | RSS total |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         t.push_str(&format!(
-            "| {}{} | {:.2} ± {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} ± {:.2} | {:.0}% | {} | {} | {} | {:.0} MiB | {:.0} MiB |\n",
+            "| {}{} | {:.2} ± {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} ± {:.2} | {:.0}% | {} | {} | {} | {:.0} MiB | {:.0} MiB |\n",
             r.workers,
             if r.oversubscribed { "*" } else { "" },
             r.s_per_5120.mean,
             r.s_per_5120.std,
             r.compute,
             r.comm,
+            r.exchange,
             r.wait,
             r.data,
             r.speedup.mean,

@@ -49,6 +49,8 @@ fn from_summary(rec: &RunRecord, s: &serde_json::Value) -> RunResult {
         step_s_median: f(s, "step_s_median"),
         compute_s: f(s, "compute_s"),
         comm_s: f(s, "comm_s"),
+        // Records from before overlap existed: the whole exchange is what the step waited for.
+        exchange_s: s["exchange_s"].as_f64().unwrap_or(f(s, "comm_s")),
         wait_s: f(s, "wait_s"),
         data_s: f(s, "data_s"),
         peak_rss_mib: s["peak_rss_mib"]
@@ -155,6 +157,7 @@ mod tests {
             step_s_median: 16.0 * workers as f64 / images_per_s,
             compute_s: 0.5,
             comm_s: 0.25,
+            exchange_s: 0.25,
             wait_s: 0.125,
             data_s: 0.0,
             peak_rss_mib: vec![100.0; workers],

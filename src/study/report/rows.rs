@@ -27,7 +27,9 @@ pub struct RunResult {
     pub images_per_s: f64,
     pub step_s_median: f64,
     pub compute_s: f64,
+    /// The exchange the step waited for, and all of it (more when overlapped with backward).
     pub comm_s: f64,
+    pub exchange_s: f64,
     pub wait_s: f64,
     pub data_s: f64,
     pub peak_rss_mib: Vec<f64>,
@@ -55,6 +57,7 @@ pub struct ScalingRow {
     pub s_per_5120: Stat,
     pub compute: f64,
     pub comm: f64,
+    pub exchange: f64,
     pub wait: f64,
     pub data: f64,
     /// t1 / tN, one value per repeat of N against the mean of t1.
@@ -107,6 +110,7 @@ pub fn scaling_rows(results: &[RunResult], model: ModelKind, mode: Mode) -> Vec<
                 s_per_5120: Stat::of(&times),
                 compute: part(|r| r.compute_s),
                 comm: part(|r| r.comm_s),
+                exchange: part(|r| r.exchange_s),
                 wait: part(|r| r.wait_s),
                 data: part(|r| r.data_s),
                 efficiency: speedup.mean / n as f64,

@@ -26,6 +26,8 @@ pub struct BenchConfig {
     pub repeat: usize,
     pub device: DeviceKind,
     pub grad_dtype: GradDtype,
+    /// Runs train with `--overlap`.
+    pub overlap: bool,
     pub bind: BindMode,
     pub launcher: String,
     pub hostfile: Option<PathBuf>,
@@ -53,6 +55,10 @@ impl BenchConfig {
         anyhow::ensure!(self.repeat >= 1, "--repeat {}: must be at least 1", self.repeat);
         anyhow::ensure!(self.steps >= 1, "--steps {}: must be at least 1", self.steps);
         anyhow::ensure!(self.batch_size >= 1, "--batch-size {}: must be at least 1", self.batch_size);
+        anyhow::ensure!(
+            !self.overlap || self.device == DeviceKind::Cpu,
+            "--overlap with --device cuda: accepted with --device cpu only; GPU ranks exchange after the backward pass"
+        );
         if self.mode == Mode::Strong {
             let g = self
                 .global_batch
@@ -96,6 +102,7 @@ impl BenchConfig {
             ("--warmup", self.warmup.to_string()),
             ("--device", format!("{:?}", self.device).to_lowercase()),
             ("--grad-dtype", format!("{:?}", self.grad_dtype).to_lowercase()),
+            ("--overlap", self.overlap.to_string()),
             ("--bind", format!("{:?}", self.bind).to_lowercase()),
             ("--launcher", self.launcher.clone()),
             ("--hostfile", opt(self.hostfile.as_ref().map(|h| h.display().to_string()))),
@@ -148,6 +155,9 @@ impl BenchConfig {
         ] {
             a.push(flag.into());
             a.push(value);
+        }
+        if self.overlap {
+            a.push("--overlap".into());
         }
         a.push("--overwrite".into());
         a
