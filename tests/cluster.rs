@@ -216,6 +216,10 @@ fn one_rank_per_host_trains_to_the_bits_of_one_host() {
     assert_eq!(across["final_loss"], here["final_loss"]);
     assert_eq!(here["between_hosts_bytes"], 0.0, "one host sends nothing between hosts");
     assert!(across["between_hosts_bytes"].as_f64().unwrap() > 0.0);
+    // --overlap auto: on across hosts (no barrier), off on one host.
+    assert_eq!((across["overlap"].as_bool(), here["overlap"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(across["wait_s"], 0.0, "no barrier when overlapped");
+    assert!(here["wait_s"].as_f64().unwrap() > 0.0, "the barrier's wait measured on one host");
 }
 
 #[test]

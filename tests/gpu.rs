@@ -183,3 +183,41 @@ fn a_gpu_run_ends_where_the_cpu_run_ends_with_every_gradient_type() {
         );
     }
 }
+
+#[test]
+fn overlapped_on_the_gpu_ends_where_the_exchange_after_backward_ends() {
+    need_gpus!(1);
+    // NCCL on its own stream, buckets queued as backward finishes their stages:
+    // the same training within 1% of its update, and the overlap recorded.
+    let run = |lr: &str, overlap: bool| {
+        let tag = format!("overlap-{lr}-{overlap}");
+        let mut args = vec![
+            "--model",
+            "resnet50",
+            "--device",
+            "cuda",
+            "--image-size",
+            "64",
+            "--batch-size",
+            "8",
+            "--steps",
+            "5",
+            "--lr",
+            lr,
+            "--bucket-mb",
+            "1",
+        ];
+        if overlap {
+            args.push("--overlap");
+        }
+        let s = train(&tag, &args);
+        assert_trained(&tag, &s);
+        s
+    };
+    let (start, after, during) = (run("1e-30", false), run("0.01", false), run("0.01", true));
+    let l2 = |s: &serde_json::Value| s["param_l2"].as_f64().unwrap();
+    let (start, after, during) = (l2(&start), l2(&after), l2(&during));
+    eprintln!("overlap on the GPU: param_l2 start {start}, after backward {after}, overlapped {during}");
+    assert!((after - start).abs() > 1e-9 * start, "the steps must move the parameters");
+    assert!((during - after).abs() < 0.01 * (after - start).abs(), "overlapped run off by more than 1% of the update");
+}

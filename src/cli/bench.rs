@@ -9,6 +9,7 @@ use candle_mpi::host::device::DeviceKind;
 use candle_mpi::model::ModelKind;
 use candle_mpi::record::sweep::Mode;
 use candle_mpi::study::sweep::{self, BenchConfig};
+use candle_mpi::train::Overlap;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -48,9 +49,10 @@ pub struct BenchArgs {
     /// Element type gradients travel in
     #[arg(long, value_enum, default_value_t = GradDtype::F16)]
     grad_dtype: GradDtype,
-    /// Every run with `train --overlap` (the exchange overlapped with backward; CPU only)
-    #[arg(long)]
-    overlap: bool,
+    /// Each run's `train --overlap` (auto: on across hosts, off on one host)
+    #[arg(long, value_enum, default_value_t = Overlap::Auto, num_args = 0..=1, default_missing_value = "on",
+          value_name = "auto|on|off")]
+    overlap: Overlap,
     /// Pin each rank with numactl (see `candle-mpi bind --help`)
     #[arg(long, value_enum, default_value_t = BindMode::None)]
     bind: BindMode,

@@ -8,6 +8,7 @@ mod bind;
 mod eval;
 mod export;
 mod models;
+mod predict;
 mod report;
 mod train;
 
@@ -138,6 +139,28 @@ enum Command {
     /// ours), and speedup / breakdown / efficiency as SVG and PNG.
     #[command(verbatim_doc_comment)]
     Report(report::ReportArgs),
+    /// Predict step time, images/s and speed-up of N workers (up to 1024 and
+    /// beyond) from what one worker and one all-reduce measured.
+    ///
+    ///   candle-mpi predict --model resnet50 --from runs/sweep --link-from ar.json --gpus-per-host 2
+    ///                                  this machine's sweep and `allreduce --json` record
+    ///   candle-mpi predict --model resnet50 --batch-size 64 --step-time 0.097 \
+    ///       --inside nvlink-h100 --link ib-ndr --gpus-per-host 8 --overlap
+    ///                                  hardware not measured here, from named links
+    ///   candle-mpi predict --list-links    the named links and their sources
+    ///
+    /// A step of N workers is one worker's compute and data, plus the exchange
+    /// the step waits for, plus the wait for the slowest of N. The exchange is
+    /// the training's own bucket plan (--grad-dtype, --bucket-mb, --overlap),
+    /// each bucket an all-reduce in the alpha-beta model (ring, flat or
+    /// hierarchical over hosts of --gpus-per-host workers; Thakur, Rabenseifner
+    /// and Gropp 2005) plus its share of the pack and unpack one worker
+    /// measured. With --overlap, buckets leave as backward finishes their
+    /// stages and only what ends after backward is waited for. The inputs are
+    /// printed above the table; docs/scaling-model.md derives every term and
+    /// says where the model is wrong.
+    #[command(verbatim_doc_comment)]
+    Predict(predict::PredictArgs),
     /// Loss, top-1 and top-5 of a network's weights on a validation split.
     ///
     ///   candle-mpi eval --model resnet50 --init-from resnet50.safetensors --data folder:/data/imagenet
@@ -184,6 +207,7 @@ impl Cli {
             Command::Train(args) => train::exec(args),
             Command::Bench(args) => bench::exec(args),
             Command::Report(args) => report::exec(args),
+            Command::Predict(args) => predict::exec(args),
             Command::Bind(args) => bind::exec(args),
             Command::Eval(args) => eval::exec(args),
             Command::Export(args) => export::exec(args),

@@ -34,6 +34,7 @@ use mpi::Count;
 
 use super::control::{count, Control};
 use super::segments::segments;
+use super::waiting;
 use super::wire::{Reduce, WireBuf, WireElem};
 use super::world::World;
 
@@ -90,7 +91,12 @@ pub(super) fn reduce_scatter<T: WireElem, C: Communicator>(
             (0..n).map(|r| if r < me { r * mine } else { r.saturating_sub(1) * mine }).collect();
         let send = Partition::new(T::raw(buf), counts(&send_counts)?, counts(&seg_displs)?);
         let mut recv = PartitionMut::new(&mut *received, counts(&recv_counts)?, counts(&recv_displs)?);
-        comm.all_to_all_varcount_into(&send, &mut recv);
+        match waiting::poll_interval() {
+            None => comm.all_to_all_varcount_into(&send, &mut recv),
+            Some(interval) => mpi::request::scope(|scope| {
+                waiting::finish(comm.immediate_all_to_all_varcount_into(scope, &send, &mut recv), interval)
+            }),
+        }
     }
     let received = T::from_raw_mut(received);
     let own = &buf[seg_displs[me]..seg_displs[me] + mine];
@@ -109,7 +115,12 @@ pub(super) fn reduce_scatter<T: WireElem, C: Communicator>(
 pub(super) fn all_gather<T: WireElem, C: Communicator>(comm: &C, mine: &[T], buf: &mut [T]) -> anyhow::Result<()> {
     let (seg_counts, seg_displs) = segments(buf.len(), comm.size() as usize);
     let mut recv = PartitionMut::new(T::raw_mut(buf), counts(&seg_counts)?, counts(&seg_displs)?);
-    comm.all_gather_varcount_into(T::raw(mine), &mut recv);
+    match waiting::poll_interval() {
+        None => comm.all_gather_varcount_into(T::raw(mine), &mut recv),
+        Some(interval) => mpi::request::scope(|scope| {
+            waiting::finish(comm.immediate_all_gather_varcount_into(scope, T::raw(mine), &mut recv), interval)
+        }),
+    }
     Ok(())
 }
 

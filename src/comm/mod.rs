@@ -5,7 +5,8 @@
 //! then one host's share between hosts), a shared-memory window where every
 //! rank shares one host (`shm.rs`), or NCCL on GPUs (`nccl.rs`, feature `cuda`). `wire.rs` and `simd.rs` are the
 //! element types that travel and their conversions, `segments.rs` how a
-//! buffer is shared out between ranks, `world.rs` the MPI process itself.
+//! buffer is shared out between ranks, `waiting.rs` how a rank waits for
+//! the data planes' calls, `world.rs` the MPI process itself.
 //! Everything around the call (order, buckets, scaling, checks) is the
 //! exchange's (`crate::exchange`).
 
@@ -20,6 +21,7 @@ pub mod nccl;
 pub mod segments;
 pub mod shm;
 pub mod simd;
+pub mod waiting;
 pub mod wire;
 pub mod world;
 
@@ -56,6 +58,11 @@ impl Comm {
 
     pub fn info(&self) -> &WorldInfo {
         self.control.info()
+    }
+
+    /// Hosts the ranks run on.
+    pub fn host_count(&self) -> usize {
+        self.control.world().hosts().len()
     }
 
     pub fn control(&self) -> &Control {

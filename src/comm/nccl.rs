@@ -1,5 +1,7 @@
 //! The data plane on GPUs (feature `cuda`): NCCL's all-reduce of device
-//! buffers on the CUDA stream candle computes on, bootstrapped by MPI.
+//! buffers on the CUDA stream candle computes on, or, with `--overlap`, on
+//! one of its own beside it (so that a sum runs while backward computes),
+//! bootstrapped by MPI.
 //!
 //! Rank 0 makes NCCL's unique id, the control plane agrees that it could and
 //! broadcasts its 128 bytes, and every rank joins the communicator on its own
@@ -37,7 +39,7 @@ fn cuda_error(what: &str, e: cudarc::driver::DriverError) -> anyhow::Error {
 
 impl Nccl {
     /// Collective over the MPI world: joins the NCCL communicator on `stream`
-    /// (candle's stream of this rank's GPU). A rank that cannot join ends the
+    /// (candle's stream of this rank's GPU, or one of its own beside it). A rank that cannot join ends the
     /// job at once, naming itself: the others are inside NCCL's start, waiting
     /// for it, where no collective of the control plane can reach them.
     pub fn new(control: &Control, stream: Arc<CudaStream>) -> anyhow::Result<Self> {
@@ -78,6 +80,17 @@ impl Nccl {
         }
         self.comm.all_reduce_in_place(buf, &ReduceOp::Sum).map_err(|e| nccl_error("all-reduce", e))?;
         self.stream.synchronize().map_err(|e| cuda_error("stream synchronize", e))?;
+        Ok(())
+    }
+
+    /// Queues the sum of a device buffer over all ranks, in place, on NCCL's
+    /// stream, without waiting: the buffer's next user on another stream
+    /// waits for it (cudarc's event on the buffer).
+    pub fn all_reduce_sum_device_queued<T: NcclType>(&self, buf: &mut CudaSlice<T>) -> anyhow::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.comm.all_reduce_in_place(buf, &ReduceOp::Sum).map_err(|e| nccl_error("all-reduce", e))?;
         Ok(())
     }
 

@@ -24,7 +24,6 @@ use std::ffi::c_void;
 use std::mem::ManuallyDrop;
 use std::rc::Rc;
 
-use mpi::collective::CommunicatorCollectives;
 use mpi::ffi;
 use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -124,7 +123,7 @@ impl SharedWindow {
         unsafe {
             ffi::MPI_Win_sync(self.win);
         }
-        self.comm.barrier();
+        super::waiting::barrier(&*self.comm);
         // SAFETY: as above.
         unsafe {
             ffi::MPI_Win_sync(self.win);

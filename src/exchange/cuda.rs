@@ -2,10 +2,14 @@
 //! order and 1/N scaling as the host placement (the plan is used as it is),
 //! with the buckets in device memory in the wire type (f16, bf16 or f32).
 //! Per bucket, one launch of kernels/pack.cu packs every piece of it (f32
-//! gradients -> scaled wire values), NCCL sums it in place on candle's
-//! stream, and one launch unpacks it into fresh f32 gradients, counting
-//! non-finite values. Nothing crosses to the host but the pointer tables
-//! and the count.
+//! gradients -> scaled wire values) on candle's stream, NCCL sums it in
+//! place on its own stream, and one launch unpacks it into fresh f32
+//! gradients, counting non-finite values. cudarc records an event for each
+//! use of a bucket and makes the next stream that uses it wait for it, which
+//! orders pack, sum and unpack across the two streams. After backward, each
+//! sum is waited for; overlapped with backward, the sums are queued as
+//! stages finish and only the final read of the count waits. Nothing
+//! crosses to the host but the pointer tables and the count.
 
 use candle_core::backprop::GradStore;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -21,6 +25,7 @@ use crate::comm::{Comm, GradDtype};
 use crate::ops::grid_cuda::{int_arg, one_thread_per_element};
 
 use super::plan::Piece;
+use super::Backward;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/pack.ptx"));
 const MODULE: &str = "candle_mpi_pack";
@@ -128,20 +133,34 @@ impl DeviceBuckets {
             Buckets::F32(b) => exchange_in(&self.dev, b, plan, vars, grads, comm, scale),
         }
     }
+
+    /// As `exchange`, overlapped with `backward` (see `exchange_overlapped_in`);
+    /// `ready[b]` is the stage after which bucket b is complete. Returns what
+    /// `backward` returned, the mean gradients and the non-finite count.
+    #[allow(clippy::too_many_arguments)]
+    pub fn exchange_overlapped<R>(
+        &mut self,
+        plan: &[Vec<Piece>],
+        ready: &[usize],
+        stage_of: &[Option<usize>],
+        vars: &[Var],
+        comm: &Comm,
+        scale: f32,
+        backward: &mut Backward<'_, R>,
+    ) -> anyhow::Result<(R, Vec<Tensor>, usize)> {
+        match &mut self.buckets {
+            Buckets::F16(b) => exchange_overlapped_in(&self.dev, b, plan, ready, stage_of, vars, comm, scale, backward),
+            Buckets::Bf16(b) => {
+                exchange_overlapped_in(&self.dev, b, plan, ready, stage_of, vars, comm, scale, backward)
+            }
+            Buckets::F32(b) => exchange_overlapped_in(&self.dev, b, plan, ready, stage_of, vars, comm, scale, backward),
+        }
+    }
 }
 
-/// The exchange through `buckets` of wire type `T`.
-fn exchange_in<T: DeviceWire>(
-    dev: &CudaDevice,
-    buckets: &mut [CudaSlice<T>],
-    plan: &[Vec<Piece>],
-    vars: &[Var],
-    grads: &GradStore,
-    comm: &Comm,
-    scale: f32,
-) -> anyhow::Result<(Vec<Tensor>, usize)> {
-    let nccl = comm.nccl().ok_or_else(|| anyhow::anyhow!("exchange: device buckets without NCCL"))?;
-    // Gradients to read (zeros for parameters that got none), contiguous.
+/// Gradients to read, contiguous, in exchange order (zeros for parameters
+/// that got none), and their device addresses.
+fn gradient_inputs(vars: &[Var], grads: &GradStore) -> anyhow::Result<(Vec<Tensor>, Vec<u64>)> {
     let inputs: Vec<Tensor> = vars
         .iter()
         .map(|v| match grads.get(v.as_tensor()) {
@@ -149,16 +168,37 @@ fn exchange_in<T: DeviceWire>(
             None => v.as_tensor().zeros_like(),
         })
         .collect::<candle_core::Result<_>>()?;
-    let in_addr: Vec<u64> = inputs.iter().map(f32_address).collect::<anyhow::Result<_>>()?;
+    let addresses = inputs.iter().map(f32_address).collect::<anyhow::Result<_>>()?;
+    Ok((inputs, addresses))
+}
+
+/// Packs bucket `pieces` from the gradients at `addresses` (by parameter)
+/// on candle's stream: one launch.
+fn pack_bucket<T: DeviceWire>(
+    dev: &CudaDevice,
+    pieces: &[Piece],
+    addresses: &[u64],
+    bucket: &mut CudaSlice<T>,
+    scale: f32,
+) -> anyhow::Result<()> {
     let pack = dev.get_or_load_custom_func(T::PACK, MODULE, PTX)?;
-    for (pieces, bucket) in plan.iter().zip(buckets.iter_mut()) {
-        let BucketLaunch { grid, table: (srcs, offs, at), pieces, len } = bucket_launch(dev, pieces, &in_addr)?;
-        let mut b = pack.builder();
-        b.arg(&srcs).arg(&offs).arg(&at).arg(&pieces).arg(&mut *bucket).arg(&len).arg(&scale);
-        // SAFETY: arguments match T::PACK in kernels/pack.cu; every address is a live gradient.
-        unsafe { b.launch(grid) }.w()?;
-        nccl.all_reduce_sum_device(bucket)?;
-    }
+    let BucketLaunch { grid, table: (srcs, offs, at), pieces, len } = bucket_launch(dev, pieces, addresses)?;
+    let mut b = pack.builder();
+    b.arg(&srcs).arg(&offs).arg(&at).arg(&pieces).arg(&mut *bucket).arg(&len).arg(&scale);
+    // SAFETY: arguments match T::PACK in kernels/pack.cu; every address is a live gradient.
+    unsafe { b.launch(grid) }.w()?;
+    Ok(())
+}
+
+/// Unpacks every bucket into fresh f32 gradients on candle's stream, which
+/// waits for NCCL's sums (cudarc orders a buffer's uses across streams);
+/// returns them and the count of non-finite values (the one host sync).
+fn unpack_all<T: DeviceWire>(
+    dev: &CudaDevice,
+    buckets: &[CudaSlice<T>],
+    plan: &[Vec<Piece>],
+    vars: &[Var],
+) -> anyhow::Result<(Vec<Tensor>, usize)> {
     let outputs: Vec<CudaSlice<f32>> =
         vars.iter().map(|v| dev.alloc_zeros::<f32>(v.elem_count())).collect::<candle_core::Result<_>>()?;
     let out_addr: Vec<u64> = outputs.iter().map(|o| o.device_ptr(o.stream()).0).collect();
@@ -184,6 +224,90 @@ fn exchange_in<T: DeviceWire>(
             )
         })
         .collect();
-    drop(inputs);
     Ok((means, count))
+}
+
+/// The exchange through `buckets` of wire type `T`, after backward.
+fn exchange_in<T: DeviceWire>(
+    dev: &CudaDevice,
+    buckets: &mut [CudaSlice<T>],
+    plan: &[Vec<Piece>],
+    vars: &[Var],
+    grads: &GradStore,
+    comm: &Comm,
+    scale: f32,
+) -> anyhow::Result<(Vec<Tensor>, usize)> {
+    let nccl = comm.nccl().ok_or_else(|| anyhow::anyhow!("exchange: device buckets without NCCL"))?;
+    let (inputs, in_addr) = gradient_inputs(vars, grads)?;
+    for (pieces, bucket) in plan.iter().zip(buckets.iter_mut()) {
+        pack_bucket(dev, pieces, &in_addr, bucket, scale)?;
+        nccl.all_reduce_sum_device(bucket)?;
+    }
+    let out = unpack_all(dev, buckets, plan, vars)?;
+    drop(inputs);
+    Ok(out)
+}
+
+/// The exchange through `buckets` of wire type `T`, overlapped with
+/// backward. `backward` runs the backward pass stage by stage, handing each
+/// stage's gradients to the hook it is given as soon as their kernels are
+/// queued; the hook packs every bucket whose last stage that was, on
+/// candle's stream, and queues its sum on NCCL's own stream without waiting,
+/// so that NCCL sums one bucket while the GPU computes the next stages.
+#[allow(clippy::too_many_arguments)]
+fn exchange_overlapped_in<T: DeviceWire, R>(
+    dev: &CudaDevice,
+    buckets: &mut [CudaSlice<T>],
+    plan: &[Vec<Piece>],
+    ready: &[usize],
+    stage_of: &[Option<usize>],
+    vars: &[Var],
+    comm: &Comm,
+    scale: f32,
+    backward: &mut Backward<'_, R>,
+) -> anyhow::Result<(R, Vec<Tensor>, usize)> {
+    let nccl = comm.nccl().ok_or_else(|| anyhow::anyhow!("exchange: device buckets without NCCL"))?;
+    let fail = |e: anyhow::Error| candle_core::Error::Msg(format!("{e:#}"));
+    // Each parameter's gradient as it arrives, kept alive until the sums are read.
+    let mut inputs: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut addresses = vec![0u64; vars.len()];
+    let mut next = 0;
+    let out = {
+        let mut hook = |stage: usize, store: GradStore| -> candle_core::Result<()> {
+            for (i, v) in vars.iter().enumerate() {
+                if let Some(g) = store.get(v.as_tensor()) {
+                    // A gradient from another stage than planned would miss its bucket.
+                    if stage_of[i] != Some(stage) {
+                        return Err(candle_core::Error::Msg(format!(
+                            "a gradient came from stage {stage}, not from stage {:?} as planned",
+                            stage_of[i]
+                        )));
+                    }
+                    let g = g.contiguous()?;
+                    addresses[i] = f32_address(&g).map_err(fail)?;
+                    inputs[i] = Some(g);
+                }
+            }
+            // Buckets go in plan order, each once its lowest stage is done.
+            while next < plan.len() && ready[next] >= stage {
+                for p in &plan[next] {
+                    if inputs[p.param].is_none() {
+                        // A parameter the loss does not reach: zeros, as after backward.
+                        let z = vars[p.param].as_tensor().zeros_like()?;
+                        addresses[p.param] = f32_address(&z).map_err(fail)?;
+                        inputs[p.param] = Some(z);
+                    }
+                }
+                pack_bucket(dev, &plan[next], &addresses, &mut buckets[next], scale).map_err(fail)?;
+                nccl.all_reduce_sum_device_queued(&mut buckets[next]).map_err(fail)?;
+                next += 1;
+            }
+            Ok(())
+        };
+        backward(&mut hook)?
+    };
+    anyhow::ensure!(next == plan.len(), "exchange: backward ended with {} of {} buckets sent", next, plan.len());
+    let (means, count) = unpack_all(dev, buckets, plan, vars)?;
+    drop(inputs);
+    Ok((out, means, count))
 }

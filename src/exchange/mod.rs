@@ -77,6 +77,12 @@ impl ExchangeReport {
     }
 }
 
+/// Where a backward pass on the GPU hands each stage's gradients: (stage, gradients).
+pub type StageHook<'a> = dyn FnMut(usize, GradStore) -> candle_core::Result<()> + 'a;
+
+/// A backward pass that hands each stage's gradients to the hook it is given.
+pub type Backward<'a, R> = dyn FnMut(&mut StageHook<'_>) -> anyhow::Result<R> + 'a;
+
 /// One stage's gradients, handed from the backward pass to the exchange:
 /// `(parameter index in exchange order, gradient)`, and when the stage ended.
 pub struct StageGrads {
@@ -125,7 +131,7 @@ impl GradExchange {
 
     /// Collective: as `new`, planned for `exchange_streamed`: `stage_of[i]`
     /// is the stage whose backward finishes `params[i]`'s gradient
-    /// (`train::staged::stage_of_params`). Host buckets only.
+    /// (`train::staged::stage_of_params`).
     pub fn overlapped(
         params: &[(String, Var)],
         bucket_bytes: usize,
@@ -167,7 +173,6 @@ impl GradExchange {
         let (names, vars): (Vec<String>, Vec<Var>) = order.iter().map(|&i| params[i].clone()).unzip();
         let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
         let elems = bucket_elems(bucket_bytes, dtype);
-        let overlapped = stage_of.is_some();
         let (plan, stage_of, ready) = match stage_of {
             Some(stages) => {
                 let first = bucket_elems(FIRST_BUCKET_BYTES.min(bucket_bytes), dtype);
@@ -182,9 +187,6 @@ impl GradExchange {
         // Every rank takes the same branch: the start-up check compares
         // device-independent settings, and the device kind is one flag.
         let placement = match DeviceBuckets::for_exchange(&vars, comm, dtype, &lens)? {
-            Some(_) if overlapped => anyhow::bail!(
-                "--overlap: gradients in GPU memory are exchanged after the backward pass; leave --overlap out on GPUs"
-            ),
             Some(device) => Placement::Device(device),
             None => Placement::Host(WireBucket::allocate(comm, dtype, &lens, transport)?),
         };
@@ -204,6 +206,44 @@ impl GradExchange {
     /// Buckets in the plan.
     pub fn buckets(&self) -> usize {
         self.plan.len()
+    }
+
+    /// True when the buckets live in GPU memory (NCCL sums them).
+    pub fn is_on_device(&self) -> bool {
+        matches!(self.placement, Placement::Device(_))
+    }
+
+    /// Collective, for an overlapped plan on the GPU: runs `backward`, which
+    /// hands each stage's gradients to the hook it is given as its kernels
+    /// are queued; every bucket is packed as soon as its last stage is, and
+    /// its sum queued on NCCL's stream while the GPU goes on with backward.
+    /// Returns what `backward` returned, the mean gradients (none when the
+    /// step is to be skipped) and the report (without times: the GPU's work
+    /// overlaps, and the step times what it waits for).
+    pub fn exchange_overlapped_on_device<R>(
+        &mut self,
+        comm: &Comm,
+        backward: &mut Backward<'_, R>,
+    ) -> anyhow::Result<(R, GradStore, ExchangeReport)> {
+        let Placement::Device(device) = &mut self.placement else {
+            anyhow::bail!("an exchange on the GPU needs device buckets");
+        };
+        anyhow::ensure!(self.ready.len() == self.plan.len(), "this exchange was not planned for overlap");
+        let scale = 1.0 / comm.info().size as f32;
+        let (out, means, nonfinite) =
+            device.exchange_overlapped(&self.plan, &self.ready, &self.stage_of, &self.vars, comm, scale, backward)?;
+        let report = ExchangeReport {
+            nonfinite,
+            elements: self.vars.iter().map(|v| v.elem_count()).sum(),
+            ..Default::default()
+        };
+        let mut grads = GradStore::default();
+        if !report.skipped() {
+            for (var, mean) in self.vars.iter().zip(means) {
+                grads.insert(var.as_tensor(), mean);
+            }
+        }
+        Ok((out, grads, report))
     }
 
     /// Collective, at the clean end of a run on every rank: frees the

@@ -68,10 +68,21 @@ pub fn pool_peak_mib(device: &Device) -> Option<f64> {
     Some(high as f64 / MIB)
 }
 
-/// Collective: NCCL carries the gradients of GPU ranks (joined on candle's
-/// stream of the rank's GPU); CPU ranks keep to MPI.
-pub fn nccl_for(device: &Device, control: &Control) -> anyhow::Result<Option<Nccl>> {
+/// Collective: NCCL carries the gradients of GPU ranks, on candle's stream,
+/// or with `own_stream` on a stream of its own in the same context, so that
+/// a sum can run beside backward's kernels (cudarc then orders the two
+/// streams by events on every buffer, which costs host time per launch: only
+/// `--overlap` asks for it); CPU ranks keep to MPI.
+pub fn nccl_for(device: &Device, control: &Control, own_stream: bool) -> anyhow::Result<Option<Nccl>> {
     match device {
+        Device::Cuda(d) if own_stream => {
+            let stream = d
+                .cuda_stream()
+                .context()
+                .new_stream()
+                .map_err(|e| anyhow::anyhow!("CUDA: cannot create NCCL's stream on the GPU: {e}"))?;
+            Ok(Some(Nccl::new(control, stream)?))
+        }
         Device::Cuda(d) => Ok(Some(Nccl::new(control, d.cuda_stream())?)),
         _ => Ok(None),
     }

@@ -31,6 +31,6 @@ pub fn pool_peak_mib(_device: &Device) -> Option<f64> {
     None
 }
 
-pub fn nccl_for(_device: &Device, _control: &Control) -> anyhow::Result<Option<Nccl>> {
+pub fn nccl_for(_device: &Device, _control: &Control, _own_stream: bool) -> anyhow::Result<Option<Nccl>> {
     Ok(None)
 }

@@ -32,12 +32,13 @@ pub struct Rank {
 /// Collective: starts MPI, opens this rank's `kind` of device and agrees
 /// with every rank that all of them have one (none goes on to wait for a
 /// rank that has already given up) and that no two share a GPU, then joins
-/// NCCL where the device is a GPU.
-pub fn start_rank(kind: DeviceKind) -> anyhow::Result<Rank> {
+/// NCCL where the device is a GPU: on candle's stream, or, where its sums
+/// are to run beside backward (`nccl_own_stream`), on a stream of its own.
+pub fn start_rank(kind: DeviceKind, nccl_own_stream: bool) -> anyhow::Result<Rank> {
     let control = Control::new(World::init()?);
     let device = control.agree(&format!("--device {}", kind.name()), device::select(kind, control.info()))?;
     device::check_one_rank_per_gpu(&control, &device)?;
-    let nccl = cuda::nccl_for(&device, &control)?;
+    let nccl = cuda::nccl_for(&device, &control, nccl_own_stream)?;
     Ok(Rank { comm: Comm::new(control, nccl)?, device })
 }
 

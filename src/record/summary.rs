@@ -17,6 +17,8 @@ pub struct TrainSummary {
     pub global_batch: usize,
     pub image_size: usize,
     pub grad_dtype: GradDtype,
+    /// Whether the exchange overlapped backward (`--overlap`, resolved).
+    pub overlap: bool,
     /// The last step of the run (a resumed run counts from 0).
     pub steps: usize,
     /// The step a `--resume` run started from (0 for a fresh run).

@@ -9,6 +9,16 @@ use crate::model::ModelKind;
 use crate::optim::schedule::LrPlan;
 use crate::optim::SgdConfig;
 
+/// Whether the exchange overlaps backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// On where the ranks span several hosts (CPU ranks), off on one host
+    Auto,
+    On,
+    Off,
+}
+
 /// Everything a run is asked to do.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainConfig {
@@ -25,10 +35,11 @@ pub struct TrainConfig {
     pub grad_dtype: GradDtype,
     pub bucket_bytes: usize,
     pub transport: Transport,
-    /// A barrier before each exchange, so that the wait for the slowest rank is measured apart.
+    /// A barrier before each exchange, so that the wait for the slowest rank
+    /// is measured apart (resolved by `launch` from `--measure-wait` and the overlap).
     pub measure_wait: bool,
     /// Exchange each bucket as soon as backward has finished its gradients,
-    /// while backward goes on (CPU ranks).
+    /// while backward goes on (resolved by `launch` from `--overlap`).
     pub overlap: bool,
     pub seed: u64,
     #[serde(serialize_with = "crate::record::files::serialize_display")]

@@ -35,7 +35,7 @@ pub fn eval(cfg: &EvalConfig) -> anyhow::Result<()> {
         )
     })?;
     let model_cfg = ModelConfig { in_channels: test.channels(), ..ModelConfig::new(cfg.classes, cfg.image_size) };
-    let rank = start_rank(DeviceKind::Cpu)?;
+    let rank = start_rank(DeviceKind::Cpu, false)?;
     let (info, control) = (rank.comm.info().clone(), rank.comm.control());
     let store = ParamStore::new(0);
     let net = cfg.model.build(&model_cfg, store.var_builder(DType::F32, &rank.device))?;

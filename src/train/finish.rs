@@ -61,6 +61,7 @@ impl Run<'_> {
             global_batch,
             image_size: cfg.image_size,
             grad_dtype: cfg.grad_dtype,
+            overlap: cfg.overlap,
             steps: self.total_steps,
             resumed_from_step: self.first_step,
             images: run_steps * global_batch,

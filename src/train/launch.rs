@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::checkpoint;
-use super::config::TrainConfig;
+use super::config::{Overlap, TrainConfig};
 use super::fault;
 use super::progress::{self, Progress};
 use super::run::run;
@@ -64,6 +64,9 @@ pub struct Launch {
     pub overwrite: bool,
     /// The command line's flags, written into config.json.
     pub args: serde_json::Value,
+    /// `--overlap` and `--measure-wait` as given (`config` holds them resolved).
+    pub overlap: Overlap,
+    pub measure_wait: Option<bool>,
 }
 
 impl Launch {
@@ -134,8 +137,21 @@ impl Launch {
     }
 
     /// The run's settings in a world of `info.size` ranks.
-    fn resolve(&self, info: &WorldInfo) -> anyhow::Result<TrainConfig> {
+    fn resolve(&self, info: &WorldInfo, hosts: usize) -> anyhow::Result<TrainConfig> {
         let mut cfg = self.config.clone();
+        // Measured to help across hosts, and about even on one (docs/performance.md);
+        // a barrier asked for keeps the exchange after backward.
+        cfg.overlap = match self.overlap {
+            Overlap::On => true,
+            Overlap::Off => false,
+            Overlap::Auto => hosts > 1 && self.device == DeviceKind::Cpu && self.measure_wait != Some(true),
+        };
+        anyhow::ensure!(
+            !(cfg.overlap && self.measure_wait == Some(true)),
+            "--measure-wait true: a barrier between backward and the exchange would undo --overlap \
+             (accepted with --overlap off or auto)"
+        );
+        cfg.measure_wait = self.measure_wait.unwrap_or(!cfg.overlap);
         if let Some(g) = self.global_batch {
             anyhow::ensure!(
                 g >= info.size,
@@ -162,9 +178,9 @@ impl Launch {
 /// writing its records there.
 pub fn launch(launch: &Launch) -> anyhow::Result<()> {
     launch.check()?;
-    let rank = start_rank(launch.device)?;
+    let rank = start_rank(launch.device, launch.overlap == Overlap::On)?;
     let info = rank.comm.info().clone();
-    let cfg = rank.or_abort(launch.resolve(&info))?;
+    let cfg = rank.or_abort(launch.resolve(&info, rank.comm.host_count()))?;
     let lead = info.rank == 0;
     if lead {
         println!(

@@ -36,6 +36,6 @@ mod validation;
 pub mod watchdog;
 pub mod weights;
 
-pub use self::config::TrainConfig;
+pub use self::config::{Overlap, TrainConfig};
 pub use self::launch::{launch, Launch};
 pub use self::run::run;

@@ -2,7 +2,10 @@
 //! and backward run stage by stage (`staged.rs`) on a compute thread, which
 //! hands each stage's gradients over as soon as they are final, while this
 //! thread, the only one that calls MPI, sums each bucket once its
-//! gradients are all there (`GradExchange::exchange_streamed`).
+//! gradients are all there (`GradExchange::exchange_streamed`). On a GPU the
+//! host only queues work, so one thread does both: as each stage's backward
+//! is queued, its complete buckets are packed and their sums queued on
+//! NCCL's stream (`GradExchange::exchange_overlapped_on_device`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -17,11 +20,16 @@ use super::staged;
 use super::step::Exchanged;
 use crate::data::loader::HostBatch;
 use crate::data::to_tensors;
-use crate::exchange::StageGrads;
+use crate::exchange::{StageGrads, StageHook};
 use crate::model::Network;
 
 /// The compute thread's stack: candle's backward walks the graph recursively.
 const COMPUTE_STACK_BYTES: usize = 16 << 20;
+
+/// How often the exchange tests its MPI calls while backward computes
+/// (between tests it sleeps, leaving the cores to backward): short beside
+/// a bucket's transfer, long beside a test.
+pub(super) const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// One step's forward and backward, as the compute thread runs it.
 struct Backward<'a> {
@@ -86,6 +94,9 @@ impl Run<'_> {
     /// Collective: forward, backward and the exchange of step `step`
     /// (0-based) together; the loss is kept as `last_loss`.
     pub(super) fn overlapped(&mut self, host: HostBatch, step: usize) -> anyhow::Result<Exchanged> {
+        if self.exchange.is_on_device() {
+            return self.overlapped_on_device(host, step);
+        }
         let (cfg, rank) = (self.cfg, self.info.rank);
         let (x, y) = to_tensors(host.pixels, host.labels, self.channels, cfg.image_size, self.device)?;
         let vars = self.exchange.vars().to_vec();
@@ -140,5 +151,47 @@ impl Run<'_> {
             all_arrived: streamed.backward_end,
             exchange_s: Some(r.pack_s + r.comm_s + r.unpack_s),
         })
+    }
+
+    /// Collective, on a GPU: forward, backward and the exchange of step
+    /// `step` on this thread, the sums queued on NCCL's stream as stages finish.
+    fn overlapped_on_device(&mut self, host: HostBatch, step: usize) -> anyhow::Result<Exchanged> {
+        let (cfg, rank) = (self.cfg, self.info.rank);
+        let (x, y) = to_tensors(host.pixels, host.labels, self.channels, cfg.image_size, self.device)?;
+        let nan = fault::hits(cfg.fault, FaultKind::Nan, rank, step + 1);
+        let overflow = fault::hits(cfg.fault, FaultKind::Overflow, rank, step + 1).then(|| self.params[0].1.clone());
+        let (exchange, watchdog, comm, net) = (&mut self.exchange, &mut self.watchdog, self.comm, self.net.as_ref());
+        let mut backward_end = Instant::now();
+        let mut backward = |hook: &mut StageHook<'_>| {
+            let loss_of = |logits: &Tensor| {
+                let loss = candle_nn::loss::cross_entropy(logits, &y)?;
+                if nan {
+                    loss * f64::NAN
+                } else {
+                    Ok(loss)
+                }
+            };
+            let mut overflowed = false;
+            let hand_over = |stage: usize, mut store: GradStore| {
+                if let Some(var) = &overflow {
+                    if !overflowed && (store.get(var.as_tensor()).is_some() || stage == 0) {
+                        store.insert(var.as_tensor(), var.as_tensor().ones_like()?.affine(1e9, 0.0)?);
+                        overflowed = true;
+                    }
+                }
+                hook(stage, store)
+            };
+            let loss = staged::forward_backward(net, &x, true, loss_of, hand_over)?;
+            // Reading the loss waits for backward's kernels; the sums may still run.
+            let loss = loss.to_scalar::<f32>()?;
+            backward_end = Instant::now();
+            watchdog.enter(step + 1, "the gradient exchange (overlapped with backward, on the GPU)");
+            anyhow::Ok(loss)
+        };
+        let result = exchange.exchange_overlapped_on_device(comm, &mut backward);
+        self.watchdog.leave();
+        let (loss, grads, report) = result?;
+        self.last_loss = loss;
+        Ok(Exchanged { grads, report, computed: backward_end, all_arrived: backward_end, exchange_s: None })
     }
 }

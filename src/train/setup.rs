@@ -186,6 +186,8 @@ impl<'a> Run<'a> {
         // Which stage finishes each gradient: the same on every rank, found alone.
         let stage_of = match cfg.overlap {
             true => {
+                // Backward computes while the exchange waits: leave it the cores.
+                crate::comm::waiting::poll_while_waiting(Some(super::overlap::POLL_INTERVAL));
                 let shape = (1, local.train_data.channels(), cfg.image_size, cfg.image_size);
                 Some(super::staged::stage_of_params(local.net.as_ref(), &local.params, shape)?)
             }

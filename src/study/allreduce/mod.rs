@@ -53,10 +53,13 @@ pub fn run_command(cfg: &AllreduceConfig, backend: Backend, json: Option<&Path>)
     if let Some(path) = json {
         check_new_file(path, "--json")?;
     }
-    let rank = start_rank(match backend {
-        Backend::Mpi => DeviceKind::Cpu,
-        Backend::Nccl => DeviceKind::Cuda,
-    })?;
+    let rank = start_rank(
+        match backend {
+            Backend::Mpi => DeviceKind::Cpu,
+            Backend::Nccl => DeviceKind::Cuda,
+        },
+        false,
+    )?;
     let info = rank.comm.info().clone();
     let lead = info.rank == 0;
     let print_row = |row: &AllreduceRow| {

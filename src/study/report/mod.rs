@@ -4,10 +4,12 @@
 //! and std over repeats, efficiency against N and against the host's ceiling,
 //! the slowest rank's step, memory per rank (`rows.rs`); written as
 //! report.md and runs.csv (`markdown.rs`) and the figures of `plots.rs`,
-//! with the published reference of `reference.rs`.
+//! with the published reference of `reference.rs` and the performance
+//! model's curves of `predicted.rs`.
 
 mod markdown;
 pub mod plots;
+pub mod predicted;
 pub mod reference;
 pub mod rows;
 
@@ -108,7 +110,12 @@ pub fn load(dir: &Path) -> anyhow::Result<(Vec<RunResult>, Vec<RunRecord>)> {
 
 /// Reads the sweep in `dir` and writes report.md, runs.csv and the figures
 /// into `out`; returns report.md's path.
-pub fn write(dir: &Path, out: &Path, reference: bool) -> anyhow::Result<std::path::PathBuf> {
+pub fn write(
+    dir: &Path,
+    out: &Path,
+    reference: bool,
+    predict: Option<&predicted::PredictOptions>,
+) -> anyhow::Result<std::path::PathBuf> {
     let (results, failed) = load(dir)?;
     anyhow::ensure!(!results.is_empty(), "{}: no finished runs to report ({} failed)", dir.display(), failed.len());
     std::fs::create_dir_all(out)
@@ -125,12 +132,21 @@ pub fn write(dir: &Path, out: &Path, reference: bool) -> anyhow::Result<std::pat
         machine.cores,
         if machine.gpus.is_empty() { ", no GPU".to_string() } else { format!(", {}", machine.gpus.join("; ")) }
     );
-    plots::speedup(&out.join("speedup"), &rows, reference.as_deref(), &format!("Speed-up, {where_from}"))?;
+    let curves = match predict {
+        Some(opts) => predicted::curves(dir, &rows, opts)?,
+        None => vec![],
+    };
+    let lines: Vec<(String, Vec<(usize, f64)>)> =
+        curves.iter().map(|c| (c.label.clone(), c.rows.iter().map(|r| (r.workers, r.speedup)).collect())).collect();
+    plots::speedup(&out.join("speedup"), &rows, reference.as_deref(), &lines, &format!("Speed-up, {where_from}"))?;
     plots::breakdown(&out.join("breakdown"), &rows, "Time per 5120 images")?;
     plots::efficiency(&out.join("efficiency"), &rows, "Parallel efficiency")?;
     write_atomic(&out.join("runs.csv"), markdown::runs_csv(&results).as_bytes())?;
 
-    let md = markdown::document(&machine, &results, &failed, &rows, reference.as_deref());
+    let mut md = markdown::document(&machine, &results, &failed, &rows, reference.as_deref());
+    if !curves.is_empty() {
+        md.push_str(&predicted::section(&curves, &rows));
+    }
     let path = out.join("report.md");
     write_atomic(&path, md.as_bytes())?;
     Ok(path)

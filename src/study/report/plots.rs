@@ -88,32 +88,40 @@ where
     Ok(chart)
 }
 
+/// A predicted curve: its label and (workers, speed-up) points.
+pub type Predicted = (String, Vec<(usize, f64)>);
+
 /// Speed-up t1/tN against workers, with the ideal line, each network's host
-/// ceiling (dashed, same colour) and the reference (grey dashes).
+/// ceiling (dashed, same colour), the reference (grey dashes) and predicted
+/// curves (dotted, the network's colour), the axis out to the largest N of either.
 pub fn speedup(
     stem: &Path,
     series: &Series,
     reference: Option<&[(&str, [f64; 4])]>,
+    predicted: &[Predicted],
     title: &str,
 ) -> anyhow::Result<()> {
-    svg_and_png!(stem, (900, 600), draw_speedup(series, reference, title))
+    svg_and_png!(stem, (900, 600), draw_speedup(series, reference, predicted, title))
 }
 
 fn draw_speedup<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     series: &Series,
     reference: Option<&[(&str, [f64; 4])]>,
+    predicted: &[Predicted],
     title: &str,
 ) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
-    let top = log2(max_workers(series));
+    let most = predicted.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).max().unwrap_or(1);
+    let top = log2(max_workers(series).max(most));
     let y_max = series
         .iter()
         .flat_map(|(_, rows)| rows.iter().map(|r| r.speedup.mean + r.speedup.std))
         .fold(2f64.powf(top), f64::max)
         * 1.05;
+    let y_max = predicted.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).fold(y_max, f64::max);
     let mut chart = workers_chart(area, title, top, y_max, "speed-up t1 / tN", &|y| format!("{y:.1}"))?;
     chart
         .draw_series(LineSeries::new(
@@ -147,6 +155,15 @@ where
                 .label(format!("{}: host ceiling", key.0))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.mix(0.7)));
         }
+    }
+    for (label, pts) in predicted {
+        let i = series.iter().position(|(key, _)| label.starts_with(&format!("{}:", key.0))).unwrap_or(0);
+        let c = colour(i);
+        let pts: Vec<(f64, f64)> = pts.iter().map(|&(n, s)| (log2(n), s)).collect();
+        chart
+            .draw_series(DashedLineSeries::new(pts, 2, 3, c.stroke_width(2)))?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
     }
     for (name, s) in reference.unwrap_or(&[]) {
         let pts: Vec<(f64, f64)> =

@@ -10,6 +10,7 @@ use crate::host::bind::BindMode;
 use crate::host::device::DeviceKind;
 use crate::model::{ModelConfig, ModelKind};
 use crate::record::sweep::{Mode, RunKind, RunSpec};
+use crate::train::Overlap;
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -26,8 +27,8 @@ pub struct BenchConfig {
     pub repeat: usize,
     pub device: DeviceKind,
     pub grad_dtype: GradDtype,
-    /// Runs train with `--overlap`.
-    pub overlap: bool,
+    /// Each run's `train --overlap`.
+    pub overlap: Overlap,
     pub bind: BindMode,
     pub launcher: String,
     pub hostfile: Option<PathBuf>,
@@ -55,10 +56,6 @@ impl BenchConfig {
         anyhow::ensure!(self.repeat >= 1, "--repeat {}: must be at least 1", self.repeat);
         anyhow::ensure!(self.steps >= 1, "--steps {}: must be at least 1", self.steps);
         anyhow::ensure!(self.batch_size >= 1, "--batch-size {}: must be at least 1", self.batch_size);
-        anyhow::ensure!(
-            !self.overlap || self.device == DeviceKind::Cpu,
-            "--overlap with --device cuda: accepted with --device cpu only; GPU ranks exchange after the backward pass"
-        );
         if self.mode == Mode::Strong {
             let g = self
                 .global_batch
@@ -102,7 +99,7 @@ impl BenchConfig {
             ("--warmup", self.warmup.to_string()),
             ("--device", format!("{:?}", self.device).to_lowercase()),
             ("--grad-dtype", format!("{:?}", self.grad_dtype).to_lowercase()),
-            ("--overlap", self.overlap.to_string()),
+            ("--overlap", format!("{:?}", self.overlap).to_lowercase()),
             ("--bind", format!("{:?}", self.bind).to_lowercase()),
             ("--launcher", self.launcher.clone()),
             ("--hostfile", opt(self.hostfile.as_ref().map(|h| h.display().to_string()))),
@@ -156,9 +153,8 @@ impl BenchConfig {
             a.push(flag.into());
             a.push(value);
         }
-        if self.overlap {
-            a.push("--overlap".into());
-        }
+        a.push("--overlap".into());
+        a.push(format!("{:?}", self.overlap).to_lowercase());
         a.push("--overwrite".into());
         a
     }
