@@ -12,7 +12,7 @@ repeat. Takes the cluster down at the end, also on failure.
 
 Usage: sudo python3 scripts/cluster-compare.py [--compare transport|overlap] [--models resnet50]
        [--rates 1gbit,10gbit] [--hosts 2] [--slots 2] [--repeat 3] [--steps 6] [--grad-dtypes f16]
-       [--json FILE]
+       [--train-flags '--bucket-mb 4'] [--json FILE]
 """
 import argparse
 import json
@@ -33,9 +33,11 @@ def cluster(*args):
 
 
 # Each comparison: (name, extra train flags) of its two variants, the baseline first.
+# The transports are compared with the exchange after backward, where it is all waited for.
 VARIANTS = {
-    "transport": [("flat", ["--transport", "messages"]), ("hierarchical", ["--transport", "hierarchical"])],
-    "overlap": [("after", []), ("overlap", ["--overlap"])],
+    "transport": [("flat", ["--transport", "messages", "--overlap", "off"]),
+                  ("hierarchical", ["--transport", "hierarchical", "--overlap", "off"])],
+    "overlap": [("after", ["--overlap", "off"]), ("overlap", ["--overlap", "on"])],
 }
 
 
@@ -43,7 +45,7 @@ def train(a, np, hostfile, model, dtype, flags, out):
     cmd = ["bash", CLUSTER, "run", "--name", NAME, "--", "mpirun", "-np", str(np), "--hostfile", hostfile, BIN,
            "--threads", "1", "train", "--model", model, "--image-size", str(a.image_size), "--batch-size",
            str(a.batch_size), "--steps", str(a.steps), "--warmup-steps", "2", "--log-every", "1000",
-           "--grad-dtype", dtype, *flags, "--out", out]
+           "--grad-dtype", dtype, *a.train_flags.split(), *flags, "--out", out]
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
     if p.returncode != 0:
@@ -66,6 +68,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--grad-dtypes", default="f16")
+    ap.add_argument("--train-flags", default="", help="more train flags for every run, e.g. '--bucket-mb 4'")
     ap.add_argument("--json")
     a = ap.parse_args()
     if not os.access(BIN, os.X_OK):

@@ -130,6 +130,10 @@ run() {
   export OMPI_MCA_btl_tcp_if_include=$SUBNET.0/24 OMPI_MCA_oob_tcp_if_include=$SUBNET.0/24
   # Shared memory inside a host, TCP on the shaped links between hosts, nothing else.
   export OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp
+  # The hosts share this machine's cores, and each host's daemon would bind
+  # its first rank to core 0: every host's ranks on one core. Leave placement
+  # to the kernel, as `candle-mpi --threads` leaves it on one host.
+  export OMPI_MCA_hwloc_base_binding_policy=none
   exec ip netns exec "$NAME-h0" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$NAME-h0" "$@"
 }
 

@@ -91,6 +91,31 @@ fn sweep_then_report_then_resume() {
     assert!(md.contains("## small, weak scaling") && md.contains("| 2 |") && md.contains("Theano-MPI"), "{md}");
     assert_eq!(std::fs::read_to_string(out.join("runs.csv")).unwrap().lines().count(), 4, "header + 3 runs");
 
+    // The model's curve beside the measured one, from the sweep's own 1-worker run.
+    let with = out.join("with-prediction");
+    let w = with.to_str().unwrap();
+    let report = candle(&[
+        "report",
+        o,
+        "--out",
+        w,
+        "--predict-link",
+        "10gbe",
+        "--predict-gpus-per-host",
+        "2",
+        "--predict-to",
+        "16",
+    ]);
+    assert!(report.status.success(), "{}", text(&report));
+    let md = std::fs::read_to_string(with.join("report.md")).unwrap();
+    assert!(md.contains("## Predicted") && md.contains("10gbe") && md.contains("| 16 |"), "{md}");
+    let measured_2 = md.lines().find(|l| l.starts_with("| 2 |") && l.contains(" ± ")).unwrap_or_default();
+    assert!(!measured_2.is_empty() && measured_2.matches('|').count() == 6, "the 2-worker row has both: {md}");
+    let svg = std::fs::read_to_string(with.join("speedup.svg")).unwrap();
+    assert!(svg.contains("small: predicted"), "the curve is in the figure's legend");
+    let e = text(&candle(&["report", o, "--out", w, "--predict-link", "token-ring"]));
+    assert!(e.contains("--predict-link token-ring: no such interconnect"), "{e}");
+
     // Interrupted: one run's record is gone. Only that run is made again.
     std::fs::remove_dir_all(out.join("runs/small-weak-n2-r0")).unwrap();
     let again = candle(&sweep_args(o, &[]));

@@ -3,6 +3,8 @@
 use clap::Args;
 
 use candle_mpi::study::predict::collective::Algorithm;
+use candle_mpi::study::predict::inputs::fit_link;
+use candle_mpi::study::predict::presets;
 use candle_mpi::study::predict::request::LinkFrom;
 use candle_mpi::study::report::predicted::PredictOptions;
 use candle_mpi::study::report::{self, Reference};
@@ -20,10 +22,10 @@ pub struct ReportArgs {
     reference: Option<Reference>,
     /// Draw `predict`'s curve for each network from the sweep's 1-worker runs,
     /// with this link between hosts (a preset: `candle-mpi predict --list-links`)
-    #[arg(long, value_name = "PRESET", group = "predict_link")]
+    #[arg(long, value_name = "PRESET", group = "predict_between")]
     predict_link: Option<String>,
     /// As --predict-link, the link fitted to an `allreduce --json` record
-    #[arg(long, value_name = "FILE", group = "predict_link")]
+    #[arg(long, value_name = "FILE", group = "predict_between")]
     predict_link_from: Option<std::path::PathBuf>,
     /// The link inside a host for the prediction, fitted to an `allreduce --json`
     /// record [default: the link between hosts]
@@ -42,11 +44,21 @@ pub struct ReportArgs {
 
 pub fn exec(args: &ReportArgs) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| args.dir.clone());
+    // Checked here, so that an error names this command's flags.
     let between = match (&args.predict_link, &args.predict_link_from) {
-        (Some(name), _) => Some(LinkFrom::Preset(name.clone())),
-        (_, Some(path)) => Some(LinkFrom::Fitted(path.clone())),
+        (Some(name), _) => {
+            presets::named(name, "--predict-link")?;
+            Some(LinkFrom::Preset(name.clone()))
+        }
+        (_, Some(path)) => {
+            fit_link(path, "--predict-link-from")?;
+            Some(LinkFrom::Fitted(path.clone()))
+        }
         _ => None,
     };
+    if let Some(path) = &args.predict_inside_from {
+        fit_link(path, "--predict-inside-from")?;
+    }
     anyhow::ensure!(
         between.is_some() || args.predict_inside_from.is_none(),
         "--predict-inside-from needs --predict-link or --predict-link-from (the link between hosts)"

@@ -97,30 +97,38 @@ fn stage_done_at(macs: &[u64], backward_s: f64) -> Vec<f64> {
     done
 }
 
-/// Predicts every worker count of `cfg`.
+/// Seconds of the exchange the step waits for, and of all of it, at `n` workers.
+fn exchange_at(cfg: &PredictConfig, n: usize, bytes: &[usize], ready: &[usize], done: &[f64]) -> (f64, f64) {
+    let total_bytes = bytes.iter().sum::<usize>().max(1) as f64;
+    let backward_s = cfg.worker.compute_s * cfg.backward_share;
+    let (mut end, mut busy) = (0.0f64, 0.0);
+    for (&b, &stage) in bytes.iter().zip(ready) {
+        let t = all_reduce(b as f64, n, &cfg.topology, cfg.algorithm) + cfg.worker.local_s * b as f64 / total_bytes;
+        let start = if cfg.overlap { end.max(done[stage]) } else { end };
+        end = start + t;
+        busy += t;
+    }
+    // Overlapped, the exchange ran from the start of backward; after it, from its end.
+    let comm = if cfg.overlap { (end - backward_s).max(0.0) } else { end };
+    (comm, busy)
+}
+
+/// Predicts every worker count of `cfg`; speed-up is against the same
+/// settings' predicted single worker.
 pub fn predict(cfg: &PredictConfig) -> Vec<PredictedRow> {
     let (bytes, ready) = buckets(cfg);
-    let total_bytes: usize = bytes.iter().sum::<usize>().max(1);
     let w = &cfg.worker;
-    let backward_s = w.compute_s * cfg.backward_share;
-    let done = stage_done_at(&cfg.network.stage_macs, backward_s);
-    let one_step = w.total_s();
+    let done = stage_done_at(&cfg.network.stage_macs, w.compute_s * cfg.backward_share);
+    let step_at = |n: usize| {
+        let (comm_s, exchange_s) = exchange_at(cfg, n, &bytes, &ready, &done);
+        let wait_s = if n > 1 { w.std_s * (2.0 * (n as f64).ln()).sqrt() } else { 0.0 };
+        (comm_s, exchange_s, wait_s, w.compute_s + w.data_s + comm_s + wait_s)
+    };
+    let one_step = step_at(1).3;
     cfg.workers
         .iter()
         .map(|&n| {
-            let mut end = 0.0f64;
-            let mut busy = 0.0;
-            for (&b, &stage) in bytes.iter().zip(&ready) {
-                let t =
-                    all_reduce(b as f64, n, &cfg.topology, cfg.algorithm) + w.local_s * b as f64 / total_bytes as f64;
-                let start = if cfg.overlap { end.max(done[stage]) } else { end };
-                end = start + t;
-                busy += t;
-            }
-            // Overlapped, the exchange ran from the start of backward; after it, from its end.
-            let comm_s = if cfg.overlap { (end - backward_s).max(0.0) } else { end };
-            let wait_s = if n > 1 { w.std_s * (2.0 * (n as f64).ln()).sqrt() } else { 0.0 };
-            let step_s = w.compute_s + w.data_s + comm_s + wait_s;
+            let (comm_s, exchange_s, wait_s, step_s) = step_at(n);
             let speedup = n as f64 * one_step / step_s;
             PredictedRow {
                 workers: n,
@@ -128,7 +136,7 @@ pub fn predict(cfg: &PredictConfig) -> Vec<PredictedRow> {
                 compute_s: w.compute_s,
                 data_s: w.data_s,
                 comm_s,
-                exchange_s: busy,
+                exchange_s,
                 wait_s,
                 step_s,
                 images_per_s: (n * w.batch) as f64 / step_s,

@@ -83,7 +83,12 @@ pub fn curves(dir: &Path, series: &Series, opts: &PredictOptions) -> anyhow::Res
             compute: ComputeFrom::Records(dir.to_path_buf()),
             grad_dtype: grad_dtype(args["grad_dtype"].as_str()),
             bucket_bytes: (args["bucket_mb"].as_f64().unwrap_or(25.0) * 1024.0 * 1024.0) as usize,
-            overlap: args["overlap"].as_bool().unwrap_or(false),
+            // auto overlaps across hosts: every count above one is across hosts with one worker a host.
+            overlap: match args["overlap"].as_str() {
+                Some("on") => true,
+                Some("auto") => opts.per_host == 1,
+                _ => args["overlap"].as_bool().unwrap_or(false),
+            },
             backward_share: 0.67,
             between: opts.between.clone(),
             inside: opts.inside.clone(),
