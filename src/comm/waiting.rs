@@ -11,6 +11,10 @@ use std::time::Duration;
 use mpi::collective::CommunicatorCollectives;
 use mpi::request::{Request, Scope};
 
+/// How often to test while backward computes beside the exchange: short
+/// beside a bucket's transfer, long beside a test.
+pub const BESIDE_COMPUTE: Duration = Duration::from_micros(50);
+
 /// Microseconds between tests; 0: wait inside MPI.
 static POLL_MICROS: AtomicU64 = AtomicU64::new(0);
 

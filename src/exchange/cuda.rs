@@ -24,8 +24,8 @@ use half::{bf16, f16};
 use crate::comm::{Comm, GradDtype};
 use crate::ops::grid_cuda::{int_arg, one_thread_per_element};
 
+use super::handover::Backward;
 use super::plan::Piece;
-use super::Backward;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/pack.ptx"));
 const MODULE: &str = "candle_mpi_pack";

@@ -6,8 +6,8 @@ use candle_core::{Tensor, Var};
 
 use crate::comm::{Comm, GradDtype};
 
+use super::handover::Backward;
 use super::plan::Piece;
-use super::Backward;
 
 /// Device buckets, absent from this build: no value of them exists.
 pub enum DeviceBuckets {}

@@ -23,6 +23,7 @@ mod cuda;
 #[cfg(not(feature = "cuda"))]
 #[path = "cuda_absent.rs"]
 mod cuda;
+mod handover;
 mod host;
 pub mod plan;
 
@@ -35,6 +36,7 @@ use serde::Serialize;
 use crate::comm::{Comm, GradDtype, Transport};
 
 use self::cuda::DeviceBuckets;
+pub use self::handover::{Backward, StageGrads, StageHook};
 pub use self::host::{pack_scaled, unpack, WireBucket};
 use self::plan::{
     bucket_lens, exchange_order, layout_text, overlap_order, plan_buckets, plan_buckets_first, ready_stages, Piece,
@@ -75,20 +77,6 @@ impl ExchangeReport {
     pub fn skipped(&self) -> bool {
         self.nonfinite > 0
     }
-}
-
-/// Where a backward pass on the GPU hands each stage's gradients: (stage, gradients).
-pub type StageHook<'a> = dyn FnMut(usize, GradStore) -> candle_core::Result<()> + 'a;
-
-/// A backward pass that hands each stage's gradients to the hook it is given.
-pub type Backward<'a, R> = dyn FnMut(&mut StageHook<'_>) -> anyhow::Result<R> + 'a;
-
-/// One stage's gradients, handed from the backward pass to the exchange:
-/// `(parameter index in exchange order, gradient)`, and when the stage ended.
-pub struct StageGrads {
-    pub stage: usize,
-    pub grads: Vec<(usize, Tensor)>,
-    pub at: Instant,
 }
 
 /// What an exchange overlapped with backward found.

@@ -26,11 +26,6 @@ use crate::model::Network;
 /// The compute thread's stack: candle's backward walks the graph recursively.
 const COMPUTE_STACK_BYTES: usize = 16 << 20;
 
-/// How often the exchange tests its MPI calls while backward computes
-/// (between tests it sleeps, leaving the cores to backward): short beside
-/// a bucket's transfer, long beside a test.
-pub(super) const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_micros(50);
-
 /// One step's forward and backward, as the compute thread runs it.
 struct Backward<'a> {
     net: &'a dyn Network,

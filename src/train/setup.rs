@@ -187,7 +187,7 @@ impl<'a> Run<'a> {
         let stage_of = match cfg.overlap {
             true => {
                 // Backward computes while the exchange waits: leave it the cores.
-                crate::comm::waiting::poll_while_waiting(Some(super::overlap::POLL_INTERVAL));
+                crate::comm::waiting::poll_while_waiting(Some(crate::comm::waiting::BESIDE_COMPUTE));
                 let shape = (1, local.train_data.channels(), cfg.image_size, cfg.image_size);
                 Some(super::staged::stage_of_params(local.net.as_ref(), &local.params, shape)?)
             }
