@@ -109,7 +109,8 @@ fn sweep_then_report_then_resume() {
     assert!(report.status.success(), "{}", text(&report));
     let md = std::fs::read_to_string(with.join("report.md")).unwrap();
     assert!(md.contains("## Predicted") && md.contains("10gbe") && md.contains("| 16 |"), "{md}");
-    let measured_2 = md.lines().find(|l| l.starts_with("| 2 |") && l.contains(" ± ")).unwrap_or_default();
+    let predicted = md.split("## Predicted").nth(1).unwrap_or_default();
+    let measured_2 = predicted.lines().find(|l| l.starts_with("| 2 |") && l.contains(" ± ")).unwrap_or_default();
     assert!(!measured_2.is_empty() && measured_2.matches('|').count() == 6, "the 2-worker row has both: {md}");
     let svg = std::fs::read_to_string(with.join("speedup.svg")).unwrap();
     assert!(svg.contains("small: predicted"), "the curve is in the figure's legend");
