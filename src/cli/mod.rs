@@ -142,8 +142,10 @@ enum Command {
     /// Predict step time, images/s and speed-up of N workers (up to 1024 and
     /// beyond) from what one worker and one all-reduce measured.
     ///
-    ///   candle-mpi predict --model resnet50 --from runs/sweep --link-from ar.json --gpus-per-host 2
+    ///   candle-mpi predict --model resnet50 --image-size 64 --classes 10 --from runs/sweep \
+    ///       --link-from ar.json --gpus-per-host 2
     ///                                  this machine's sweep and `allreduce --json` record
+    ///                                  (give the sweep's --image-size and --classes)
     ///   candle-mpi predict --model resnet50 --batch-size 64 --step-time 0.097 \
     ///       --inside nvlink-h100 --link ib-ndr --gpus-per-host 8 --overlap
     ///                                  hardware not measured here, from named links
