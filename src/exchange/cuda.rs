@@ -24,7 +24,7 @@ use half::{bf16, f16};
 use crate::comm::{Comm, GradDtype};
 use crate::ops::grid_cuda::{int_arg, one_thread_per_element};
 
-use super::handover::Backward;
+use super::handover::{stage_grads, Backward};
 use super::plan::Piece;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/pack.ptx"));
@@ -274,19 +274,10 @@ fn exchange_overlapped_in<T: DeviceWire, R>(
     let mut next = 0;
     let out = {
         let mut hook = |stage: usize, store: GradStore| -> candle_core::Result<()> {
-            for (i, v) in vars.iter().enumerate() {
-                if let Some(g) = store.get(v.as_tensor()) {
-                    // A gradient from another stage than planned would miss its bucket.
-                    if stage_of[i] != Some(stage) {
-                        return Err(candle_core::Error::Msg(format!(
-                            "a gradient came from stage {stage}, not from stage {:?} as planned",
-                            stage_of[i]
-                        )));
-                    }
-                    let g = g.contiguous()?;
-                    addresses[i] = f32_address(&g).map_err(fail)?;
-                    inputs[i] = Some(g);
-                }
+            for (i, g) in stage_grads(vars, stage_of, stage, &store)? {
+                let g = g.contiguous()?;
+                addresses[i] = f32_address(&g).map_err(fail)?;
+                inputs[i] = Some(g);
             }
             // Buckets go in plan order, each once its lowest stage is done.
             while next < plan.len() && ready[next] >= stage {

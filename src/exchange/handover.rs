@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 /// Where a backward pass on the GPU hands each stage's gradients: (stage, gradients).
 pub type StageHook<'a> = dyn FnMut(usize, GradStore) -> candle_core::Result<()> + 'a;
@@ -19,4 +19,27 @@ pub struct StageGrads {
     pub stage: usize,
     pub grads: Vec<(usize, Tensor)>,
     pub at: Instant,
+}
+
+/// The gradients in `store` of `vars` (exchange order) as `(index,
+/// gradient)`; an error for one that the plan (`stage_of`) put in another
+/// stage than `stage`, which would miss its bucket.
+pub fn stage_grads(
+    vars: &[Var],
+    stage_of: &[Option<usize>],
+    stage: usize,
+    store: &GradStore,
+) -> candle_core::Result<Vec<(usize, Tensor)>> {
+    let mut grads = Vec::new();
+    for (i, var) in vars.iter().enumerate() {
+        let Some(g) = store.get(var.as_tensor()) else { continue };
+        if stage_of[i] != Some(stage) {
+            return Err(candle_core::Error::Msg(format!(
+                "a gradient came from stage {stage}, not from stage {:?} as planned",
+                stage_of[i]
+            )));
+        }
+        grads.push((i, g.clone()));
+    }
+    Ok(grads)
 }

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use candle_core::{DType, Storage, Tensor};
 use half::{bf16, f16};
 
+use super::plan::Piece;
 use crate::comm::{Comm, GradDtype, SharedWindow, Transport, WireBuf, WireElem};
 
 /// f32 values, times `scale`, into the wire type.
@@ -152,6 +153,34 @@ impl WireBucket {
                 pack_scaled(src, scale, dst)
             }),
         }
+    }
+
+    /// Packs the plan's `pieces` of this bucket from each parameter's
+    /// gradient (`grad(param)`; zeros for a parameter without one), times `scale`.
+    pub fn pack_pieces<'g>(
+        &mut self,
+        pieces: &[Piece],
+        grad: impl Fn(usize) -> Option<&'g Tensor>,
+        scale: f32,
+    ) -> candle_core::Result<()> {
+        for p in pieces {
+            match grad(p.param) {
+                Some(g) => with_f32_values(g, |v| {
+                    self.pack(p.bucket_offset, &v[p.param_offset..p.param_offset + p.len], scale)
+                })?,
+                None => self.pack(p.bucket_offset, &vec![0.0; p.len], 1.0),
+            }
+        }
+        Ok(())
+    }
+
+    /// Unpacks the plan's `pieces` of this bucket into each parameter's f32
+    /// values in `out`; returns how many are not finite.
+    pub fn unpack_pieces(&self, pieces: &[Piece], out: &mut [Vec<f32>]) -> usize {
+        pieces
+            .iter()
+            .map(|p| self.unpack(p.bucket_offset, &mut out[p.param][p.param_offset..p.param_offset + p.len]))
+            .sum()
     }
 
     /// Collective: sums the bucket over all ranks (every rank calls it for the

@@ -36,11 +36,9 @@ use serde::Serialize;
 use crate::comm::{Comm, GradDtype, Transport};
 
 use self::cuda::DeviceBuckets;
-pub use self::handover::{Backward, StageGrads, StageHook};
+pub use self::handover::{stage_grads, Backward, StageGrads, StageHook};
 pub use self::host::{pack_scaled, unpack, WireBucket};
-use self::plan::{
-    bucket_lens, exchange_order, layout_text, overlap_order, plan_buckets, plan_buckets_first, ready_stages, Piece,
-};
+use self::plan::{bucket_lens, exchange_order, layout_text, Piece, Plan};
 
 /// The first bucket of an overlapped exchange (PyTorch DDP's default size):
 /// small, so that the exchange starts early in backward.
@@ -49,6 +47,21 @@ pub const FIRST_BUCKET_BYTES: usize = 1 << 20;
 /// Elements of `dtype` in a bucket of `bucket_bytes` (at least one).
 fn bucket_elems(bucket_bytes: usize, dtype: GradDtype) -> usize {
     (bucket_bytes / dtype.size()).max(1)
+}
+
+/// The plan `GradExchange` makes of parameters `names` (`sizes` elements
+/// each) in buckets of `bucket_bytes` of `dtype`: by name, or, given each
+/// parameter's stage, overlapped with backward behind a first bucket of
+/// `FIRST_BUCKET_BYTES` (the predictor plans with it too).
+pub fn plan_for(
+    names: &[&str],
+    sizes: &[usize],
+    bucket_bytes: usize,
+    dtype: GradDtype,
+    stage_of: Option<&[Option<usize>]>,
+) -> Plan {
+    let first = bucket_elems(FIRST_BUCKET_BYTES.min(bucket_bytes), dtype);
+    plan::plan(names, sizes, bucket_elems(bucket_bytes, dtype), stage_of.map(|s| (s, first)))
 }
 
 /// The bucket layout `GradExchange::new` would make, as text (parameter names
@@ -154,23 +167,10 @@ impl GradExchange {
                 all_names[pair[0]]
             );
         }
-        let order = match stage_of {
-            Some(stages) => overlap_order(&all_names, stages),
-            None => by_name,
-        };
+        let sizes: Vec<usize> = params.iter().map(|(_, v)| v.elem_count()).collect();
+        let Plan { order, buckets: plan, stage_of, ready } =
+            plan_for(&all_names, &sizes, bucket_bytes, dtype, stage_of);
         let (names, vars): (Vec<String>, Vec<Var>) = order.iter().map(|&i| params[i].clone()).unzip();
-        let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
-        let elems = bucket_elems(bucket_bytes, dtype);
-        let (plan, stage_of, ready) = match stage_of {
-            Some(stages) => {
-                let first = bucket_elems(FIRST_BUCKET_BYTES.min(bucket_bytes), dtype);
-                let plan = plan_buckets_first(&sizes, first, elems);
-                let in_order: Vec<Option<usize>> = order.iter().map(|&i| stages[i]).collect();
-                let ready = ready_stages(&plan, &in_order);
-                (plan, in_order, ready)
-            }
-            None => (plan_buckets(&sizes, elems), vec![], vec![]),
-        };
         let lens = bucket_lens(&plan);
         // Every rank takes the same branch: the start-up check compares
         // device-independent settings, and the device kind is one flag.
@@ -328,24 +328,14 @@ impl GradExchange {
         for ((pieces, bucket), &ready) in self.plan.iter().zip(buckets.iter_mut()).zip(&self.ready) {
             receive(ready, &mut grads)?;
             let t0 = Instant::now();
-            for p in pieces {
-                match &grads[p.param] {
-                    Some(g) => host::with_f32_values(g, |v| {
-                        bucket.pack(p.bucket_offset, &v[p.param_offset..p.param_offset + p.len], scale)
-                    })?,
-                    None => bucket.pack(p.bucket_offset, &vec![0.0; p.len], 1.0),
-                }
-            }
+            bucket.pack_pieces(pieces, |i| grads[i].as_ref(), scale)?;
             let t1 = Instant::now();
             watch(true);
             let summed = bucket.all_reduce(comm);
             watch(false);
             summed?;
             let t2 = Instant::now();
-            for p in pieces {
-                report.nonfinite +=
-                    bucket.unpack(p.bucket_offset, &mut out[p.param][p.param_offset..p.param_offset + p.len]);
-            }
+            report.nonfinite += bucket.unpack_pieces(pieces, &mut out);
             report.pack_s += (t1 - t0).as_secs_f64();
             report.comm_s += (t2 - t1).as_secs_f64();
             report.unpack_s += t2.elapsed().as_secs_f64();
@@ -356,11 +346,8 @@ impl GradExchange {
         let t0 = Instant::now();
         let mut means = GradStore::default();
         if !report.skipped() {
-            for (var, values) in self.vars.iter().zip(out) {
-                let t = var.as_tensor();
-                let mean =
-                    Tensor::from_vec(values, t.shape(), &Device::Cpu)?.to_device(t.device())?.to_dtype(t.dtype())?;
-                means.insert(t, mean);
+            for (var, mean) in self.vars.iter().zip(mean_tensors(&self.vars, out)?) {
+                means.insert(var.as_tensor(), mean);
             }
         }
         report.unpack_s += t0.elapsed().as_secs_f64();
@@ -381,14 +368,7 @@ fn host_exchange(
 ) -> anyhow::Result<Vec<Tensor>> {
     let t0 = Instant::now();
     for (pieces, bucket) in plan.iter().zip(buckets.iter_mut()) {
-        for p in pieces {
-            match grads.get(vars[p.param].as_tensor()) {
-                Some(g) => host::with_f32_values(g, |v| {
-                    bucket.pack(p.bucket_offset, &v[p.param_offset..p.param_offset + p.len], scale)
-                })?,
-                None => bucket.pack(p.bucket_offset, &vec![0.0; p.len], 1.0),
-            }
-        }
+        bucket.pack_pieces(pieces, |i| grads.get(vars[i].as_tensor()), scale)?;
     }
     let t1 = Instant::now();
     for bucket in buckets.iter_mut() {
@@ -397,24 +377,25 @@ fn host_exchange(
     let t2 = Instant::now();
     let mut out: Vec<Vec<f32>> = vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
     for (pieces, bucket) in plan.iter().zip(buckets.iter()) {
-        for p in pieces {
-            report.nonfinite +=
-                bucket.unpack(p.bucket_offset, &mut out[p.param][p.param_offset..p.param_offset + p.len]);
-        }
+        report.nonfinite += bucket.unpack_pieces(pieces, &mut out);
     }
     report.pack_s = (t1 - t0).as_secs_f64();
     report.comm_s = (t2 - t1).as_secs_f64();
     if report.skipped() {
         return Ok(vec![]);
     }
-    let means = vars
-        .iter()
+    let means = mean_tensors(vars, out);
+    report.unpack_s = t2.elapsed().as_secs_f64();
+    means
+}
+
+/// Each parameter's mean gradient from its f32 values, on its device in its dtype.
+fn mean_tensors(vars: &[Var], out: Vec<Vec<f32>>) -> anyhow::Result<Vec<Tensor>> {
+    vars.iter()
         .zip(out)
         .map(|(var, values)| {
             let t = var.as_tensor();
             Ok(Tensor::from_vec(values, t.shape(), &Device::Cpu)?.to_device(t.device())?.to_dtype(t.dtype())?)
         })
-        .collect();
-    report.unpack_s = t2.elapsed().as_secs_f64();
-    means
+        .collect()
 }

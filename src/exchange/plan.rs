@@ -65,6 +65,38 @@ pub fn plan_buckets_first(sizes: &[usize], first_elems: usize, bucket_elems: usi
     buckets
 }
 
+/// A plan as the exchange uses it: the parameters' exchange order (indices
+/// into what was planned), its buckets, and for a plan overlapped with
+/// backward each parameter's stage in that order and the stage after which
+/// each bucket is complete (both empty otherwise).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub order: Vec<usize>,
+    pub buckets: Vec<Vec<Piece>>,
+    pub stage_of: Vec<Option<usize>>,
+    pub ready: Vec<usize>,
+}
+
+/// Plans `names` (with `sizes` elements each) in buckets of `bucket_elems`:
+/// by name, or, given each parameter's stage and a first bucket's size, in
+/// the order backward finishes them.
+pub fn plan(names: &[&str], sizes: &[usize], bucket_elems: usize, overlap: Option<(&[Option<usize>], usize)>) -> Plan {
+    let order = match overlap {
+        Some((stages, _)) => overlap_order(names, stages),
+        None => exchange_order(names),
+    };
+    let in_order: Vec<usize> = order.iter().map(|&i| sizes[i]).collect();
+    match overlap {
+        Some((stages, first_elems)) => {
+            let buckets = plan_buckets_first(&in_order, first_elems, bucket_elems);
+            let stage_of: Vec<Option<usize>> = order.iter().map(|&i| stages[i]).collect();
+            let ready = ready_stages(&buckets, &stage_of);
+            Plan { order, buckets, stage_of, ready }
+        }
+        None => Plan { order, buckets: plan_buckets(&in_order, bucket_elems), stage_of: vec![], ready: vec![] },
+    }
+}
+
 /// Elements in each bucket of a plan.
 pub fn bucket_lens(plan: &[Vec<Piece>]) -> Vec<usize> {
     plan.iter().map(|pieces| pieces.iter().map(|p| p.len).sum()).collect()

@@ -20,11 +20,23 @@ use super::staged;
 use super::step::Exchanged;
 use crate::data::loader::HostBatch;
 use crate::data::to_tensors;
-use crate::exchange::{StageGrads, StageHook};
+use crate::exchange::{stage_grads, StageGrads, StageHook};
 use crate::model::Network;
 
 /// The compute thread's stack: candle's backward walks the graph recursively.
 const COMPUTE_STACK_BYTES: usize = 16 << 20;
+
+/// The loss of logits against labels `y` (made NaN by the `nan` fault).
+fn loss_of(y: &Tensor, nan: bool) -> impl Fn(&Tensor) -> candle_core::Result<Tensor> + '_ {
+    move |logits| {
+        let loss = candle_nn::loss::cross_entropy(logits, y)?;
+        if nan {
+            loss * f64::NAN
+        } else {
+            Ok(loss)
+        }
+    }
+}
 
 /// One step's forward and backward, as the compute thread runs it.
 struct Backward<'a> {
@@ -44,14 +56,6 @@ impl Backward<'_> {
     /// Runs forward and backward, sending each stage's gradients as they
     /// are final; sets `gone` when the exchange stopped listening. Returns the loss.
     fn run(self, tx: Sender<StageGrads>, gone: &AtomicBool) -> anyhow::Result<f32> {
-        let loss_of = |logits: &Tensor| {
-            let loss = candle_nn::loss::cross_entropy(logits, &self.y)?;
-            if self.nan {
-                loss * f64::NAN
-            } else {
-                Ok(loss)
-            }
-        };
         let hand_over = |stage: usize, store: GradStore| {
             let grads = self.stage_grads(stage, &store)?;
             tx.send(StageGrads { stage, grads, at: Instant::now() }).map_err(|_| {
@@ -59,24 +63,14 @@ impl Backward<'_> {
                 candle_core::Error::Msg("the gradient exchange stopped".into())
             })
         };
-        let loss = staged::forward_backward(self.net, &self.x, true, loss_of, hand_over)?;
+        let loss = staged::forward_backward(self.net, &self.x, true, loss_of(&self.y, self.nan), hand_over)?;
         Ok(loss.to_scalar::<f32>()?)
     }
 
     /// The gradients of stage `stage`'s parameters, by exchange index; an
     /// error for a gradient the plan put in another stage.
     fn stage_grads(&self, stage: usize, store: &GradStore) -> candle_core::Result<Vec<(usize, Tensor)>> {
-        let mut grads = Vec::new();
-        for (i, var) in self.vars.iter().enumerate() {
-            let Some(g) = store.get(var.as_tensor()) else { continue };
-            if self.stage_of[i] != Some(stage) {
-                return Err(candle_core::Error::Msg(format!(
-                    "a gradient came from stage {stage}, not from stage {:?} as planned",
-                    self.stage_of[i]
-                )));
-            }
-            grads.push((i, g.clone()));
-        }
+        let mut grads = stage_grads(&self.vars, &self.stage_of, stage, store)?;
         if let Some(i) = self.overflow.filter(|&i| self.stage_of[i].unwrap_or(0) == stage) {
             grads.retain(|(j, _)| *j != i);
             grads.push((i, self.vars[i].as_tensor().ones_like()?.affine(1e9, 0.0)?));
@@ -158,14 +152,6 @@ impl Run<'_> {
         let (exchange, watchdog, comm, net) = (&mut self.exchange, &mut self.watchdog, self.comm, self.net.as_ref());
         let mut backward_end = Instant::now();
         let mut backward = |hook: &mut StageHook<'_>| {
-            let loss_of = |logits: &Tensor| {
-                let loss = candle_nn::loss::cross_entropy(logits, &y)?;
-                if nan {
-                    loss * f64::NAN
-                } else {
-                    Ok(loss)
-                }
-            };
             let mut overflowed = false;
             let hand_over = |stage: usize, mut store: GradStore| {
                 if let Some(var) = &overflow {
@@ -176,7 +162,7 @@ impl Run<'_> {
                 }
                 hook(stage, store)
             };
-            let loss = staged::forward_backward(net, &x, true, loss_of, hand_over)?;
+            let loss = staged::forward_backward(net, &x, true, loss_of(&y, nan), hand_over)?;
             // Reading the loss waits for backward's kernels; the sums may still run.
             let loss = loss.to_scalar::<f32>()?;
             backward_end = Instant::now();

@@ -27,10 +27,8 @@ use serde::Serialize;
 use self::collective::{all_reduce, Algorithm, Topology};
 use self::inputs::{NetworkProfile, WorkerStep};
 use crate::comm::GradDtype;
-use crate::exchange::plan::{
-    bucket_lens, exchange_order, overlap_order, plan_buckets, plan_buckets_first, ready_stages, Piece,
-};
-use crate::exchange::FIRST_BUCKET_BYTES;
+use crate::exchange::plan::bucket_lens;
+use crate::exchange::plan_for;
 
 /// Everything a prediction is asked for.
 #[derive(Clone, Debug, Serialize)]
@@ -68,20 +66,12 @@ pub struct PredictedRow {
 fn buckets(cfg: &PredictConfig) -> (Vec<usize>, Vec<usize>) {
     let net = &cfg.network;
     let names: Vec<&str> = net.names.iter().map(String::as_str).collect();
-    let size = cfg.grad_dtype.size();
-    let elems = (cfg.bucket_bytes / size).max(1);
-    let (plan, stage_of): (Vec<Vec<Piece>>, Vec<Option<usize>>) = if cfg.overlap {
-        let order = overlap_order(&names, &net.stage_of);
-        let sizes: Vec<usize> = order.iter().map(|&i| net.sizes[i]).collect();
-        let first = (FIRST_BUCKET_BYTES.min(cfg.bucket_bytes) / size).max(1);
-        (plan_buckets_first(&sizes, first, elems), order.iter().map(|&i| net.stage_of[i]).collect())
-    } else {
-        let order = exchange_order(&names);
-        let sizes: Vec<usize> = order.iter().map(|&i| net.sizes[i]).collect();
-        (plan_buckets(&sizes, elems), vec![Some(0); order.len()])
-    };
-    let bytes = bucket_lens(&plan).iter().map(|l| l * size).collect();
-    (bytes, ready_stages(&plan, &stage_of))
+    let stages = cfg.overlap.then_some(net.stage_of.as_slice());
+    let plan = plan_for(&names, &net.sizes, cfg.bucket_bytes, cfg.grad_dtype, stages);
+    let bytes: Vec<usize> = bucket_lens(&plan.buckets).iter().map(|l| l * cfg.grad_dtype.size()).collect();
+    // After backward every bucket waits for the whole of it: stage 0.
+    let ready = if cfg.overlap { plan.ready } else { vec![0; bytes.len()] };
+    (bytes, ready)
 }
 
 /// When backward has finished each stage, from its start (backward runs the
