@@ -72,7 +72,7 @@ pub fn configure(threads: Option<usize>) -> anyhow::Result<usize> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
         // Fails only if the pool already exists, in which case the check below tells.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).stack_size(COMPUTE_STACK_BYTES).build_global();
         n
     });
     anyhow::ensure!(got == n, "threads already configured to {got}, cannot change to {n}");
@@ -82,4 +82,20 @@ pub fn configure(threads: Option<usize>) -> anyhow::Result<usize> {
         rayon::current_num_threads()
     );
     Ok(n)
+}
+
+/// Stack of each compute thread: candle's backward walks the graph recursively.
+const COMPUTE_STACK_BYTES: usize = 16 << 20;
+
+/// Runs `f` on one of the compute threads (rayon's pool) and waits for it.
+/// The parallel loops inside then split work among threads already in the
+/// pool, where a loop started from outside hands its work over and sleeps,
+/// and wakes the pool again for every part of every GEMM.
+pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_num_threads() <= 1 || rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let mut out = None;
+    rayon::scope(|_| out = Some(f()));
+    out.expect("the scope ran its body")
 }

@@ -220,7 +220,7 @@ impl CustomOp3 for BatchNormTrain {
         .map(|[s]| s / per_channel)
         .collect();
         let (a, b) = scale_shift(&gamma, &beta, &mean, &var, self.eps);
-        let mut y = vec![0f32; p.count() * p.hw];
+        let mut y = super::par::zeros(p.count() * p.hw);
         let relu = self.relu;
         // The output is (N, C, H, W) contiguous whatever the input's layout.
         for_each_plane(&mut y, &p, false, |i, ch, out| {
@@ -303,7 +303,7 @@ impl CustomOp3 for BatchNormGrad {
         // dx = a * (g - mean_g - (x - mean) * k), k = sum_gx / (M (var + eps)).
         let mean_g: Vec<f32> = sum_g.iter().map(|s| (s / per_channel) as f32).collect();
         let k: Vec<f32> = sum_gx.iter().zip(&inv_std).map(|(s, is)| (s * is * is / per_channel) as f32).collect();
-        let mut dx = vec![0f32; p.count() * p.hw];
+        let mut dx = super::par::zeros(p.count() * p.hw);
         // dx in x's storage order (channel-major where x is).
         for_each_plane(&mut dx, &p, p.channel_major, |i, ch, out| {
             let (a, b, m, mg, kk) = (a[ch], b[ch], self.mean[ch] as f32, mean_g[ch], k[ch]);

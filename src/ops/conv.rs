@@ -25,7 +25,7 @@ use std::ops::Range;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu_slice::f32_slice;
-use super::gemm_cpu::{matmul, View};
+use super::gemm_cpu::{matmul, Threads, View};
 use super::handoff::HandOff;
 
 /// A square convolution's geometry.
@@ -95,10 +95,58 @@ impl Dims {
     }
     /// The images of each GEMM, in order.
     fn groups(&self) -> impl Iterator<Item = Range<usize>> {
-        let size = MIN_GROUP_COLUMNS.div_ceil(self.ohw().max(1)).clamp(1, self.n.max(1));
+        let size = self.group_size();
         let n = self.n;
         (0..n).step_by(size).map(move |b| b..(b + size).min(n))
     }
+    fn group_size(&self) -> usize {
+        MIN_GROUP_COLUMNS.div_ceil(self.ohw().max(1)).clamp(1, self.n.max(1))
+    }
+    /// The groups dealt into slices, runs of consecutive groups that are
+    /// computed side by side, each on one thread with its own buffers
+    /// (`scratch_floats` a group): as many as the groups, at most
+    /// `MAX_SLICES`, and fewer where their buffers together would pass
+    /// `SLICE_SCRATCH_BYTES`. The count follows from the shapes alone, never
+    /// from `--threads`, so every sum is taken in the same order, and every
+    /// gradient has the same bits, whatever the thread count.
+    fn slices(&self, scratch_floats: usize) -> Vec<Vec<Range<usize>>> {
+        let groups: Vec<Range<usize>> = self.groups().collect();
+        let by_memory = (SLICE_SCRATCH_BYTES / (4 * scratch_floats).max(1)).max(1);
+        let count = groups.len().min(MAX_SLICES).min(by_memory).max(1);
+        groups.chunks(groups.len().div_ceil(count).max(1)).map(<[_]>::to_vec).collect()
+    }
+    /// Columns of the widest group's GEMMs.
+    fn group_width(&self) -> usize {
+        self.group_size() * self.ohw()
+    }
+}
+
+/// Slices a layer's groups are dealt into at most (see `Dims::slices`).
+const MAX_SLICES: usize = 8;
+
+/// Buffers the slices of one layer may hold at once.
+const SLICE_SCRATCH_BYTES: usize = 64 << 20;
+
+/// Each slice's GEMMs on its own thread where there are several slices;
+/// one slice gets every thread.
+fn gemm_threads(slices: usize) -> Threads {
+    if slices > 1 {
+        Threads::One
+    } else {
+        Threads::All
+    }
+}
+
+/// `data` cut into one part per slice, `per_image` values an image.
+fn split_by_slices<'a>(mut data: &'a mut [f32], slices: &[Vec<Range<usize>>], per_image: usize) -> Vec<&'a mut [f32]> {
+    let mut parts = Vec::with_capacity(slices.len());
+    for groups in slices {
+        let images = groups.last().map_or(0, |g| g.end) - groups.first().map_or(0, |g| g.start);
+        let (part, rest) = std::mem::take(&mut data).split_at_mut(images * per_image);
+        parts.push(part);
+        data = rest;
+    }
+    parts
 }
 
 /// cols (C*k*k, images*OH*OW) of the images `images` of x; row (c, ki, kj),
@@ -213,39 +261,45 @@ type KeptCols = Vec<Option<Vec<f32>>>;
 /// matrices when they are small enough to keep (and not the input itself).
 fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims) -> (Vec<f32>, Option<KeptCols>) {
     let (oc, ohw) = (d.oc, d.ohw());
-    let mut y = vec![0f32; d.n * oc * ohw];
-    let (mut buf, mut product) = (Vec::new(), Vec::new());
+    let mut y = super::par::zeros(d.n * oc * ohw);
     let wv = View::rows(weight, oc, d.ckk());
-    let mut kept =
-        (d.ckk() * d.n * ohw <= KEEP_COLS_UP_TO && !(d.pointwise() && ohw >= MIN_GROUP_COLUMNS)).then(Vec::new);
-    for images in d.groups() {
-        let width = images.len() * ohw;
-        let cols = columns(x, d, &images, &mut buf);
-        let y_group = &mut y[images.start * oc * ohw..images.end * oc * ohw];
-        if images.len() == 1 {
-            matmul(y_group, ohw, false, wv, View::rows(cols, d.ckk(), width));
-        } else {
-            // (OC, images, OH*OW) -> (images, OC, OH*OW)
-            product.resize(oc * width, 0.0);
-            matmul(&mut product, width, false, wv, View::rows(cols, d.ckk(), width));
-            for (j, image) in y_group.chunks_mut(oc * ohw).enumerate() {
-                for (o, plane) in image.chunks_mut(ohw).enumerate() {
-                    plane.copy_from_slice(&product[o * width + j * ohw..][..ohw]);
+    let keep = d.ckk() * d.n * ohw <= KEEP_COLS_UP_TO && !(d.pointwise() && ohw >= MIN_GROUP_COLUMNS);
+    let slices = d.slices((d.ckk() + oc) * d.group_width());
+    let threads = gemm_threads(slices.len());
+    let parts = split_by_slices(&mut y, &slices, oc * ohw);
+    let kept = super::par::map_owned(slices.into_iter().zip(parts).collect(), |(groups, y_slice)| {
+        let first = groups.first().map_or(0, |g| g.start);
+        let (mut buf, mut product, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        for images in groups {
+            let width = images.len() * ohw;
+            let cols = columns(x, d, &images, &mut buf);
+            let y_group = &mut y_slice[(images.start - first) * oc * ohw..(images.end - first) * oc * ohw];
+            if images.len() == 1 {
+                matmul(y_group, ohw, false, wv, View::rows(cols, d.ckk(), width), threads);
+            } else {
+                // (OC, images, OH*OW) -> (images, OC, OH*OW)
+                product.resize(oc * width, 0.0);
+                matmul(&mut product, width, false, wv, View::rows(cols, d.ckk(), width), threads);
+                for (j, image) in y_group.chunks_mut(oc * ohw).enumerate() {
+                    for (o, plane) in image.chunks_mut(ohw).enumerate() {
+                        plane.copy_from_slice(&product[o * width + j * ohw..][..ohw]);
+                    }
                 }
             }
+            if keep {
+                // The next group gets a new buffer.
+                kept.push((!is_the_image(d, &images)).then(|| std::mem::take(&mut buf)));
+            }
         }
-        if let Some(kept) = kept.as_mut() {
-            // The next group gets a new buffer.
-            kept.push((!is_the_image(d, &images)).then(|| std::mem::take(&mut buf)));
-        }
-    }
+        kept
+    });
     if let Some(bias) = bias {
-        for (p, plane) in y.chunks_mut(ohw).enumerate() {
+        super::par::for_each_chunk(&mut y, ohw, |p, plane| {
             let b = bias[p % oc];
             plane.iter_mut().for_each(|v| *v += b);
-        }
+        });
     }
-    (y, kept)
+    (y, keep.then(|| kept.into_iter().flatten().collect()))
 }
 
 /// Gradients from dy (N, OC, OH, OW): (dx if asked, else empty; dweight;
@@ -259,7 +313,7 @@ fn backward(
     kept: Option<KeptCols>,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (oc, ohw, ckk, chw) = (d.oc, d.ohw(), d.ckk(), d.c * d.hw());
-    let mut dx = vec![0f32; if wanted.dx { d.n * chw } else { 0 }];
+    let mut dx = super::par::zeros(if wanted.dx { d.n * chw } else { 0 });
     // The weight gradient's GEMM has the pixels as its inner dimension, and
     // both operands hold them contiguous, so the gemm crate gathers one of
     // them element by element into its packed blocks: for a row-major
@@ -271,58 +325,94 @@ fn backward(
     // few pixels, so it is taken only where the pixels number at least half
     // cols' rows (both limits measured in docs/performance.md).
     let transposed = oc < ckk && 2 * d.n * ohw >= ckk;
-    let mut dw = vec![0f32; oc * ckk];
-    let (mut cols, mut dy_cols, mut dcols) = (Vec::new(), Vec::new(), Vec::new());
+    let slices = d.slices((2 * ckk + oc) * d.group_width());
+    let threads = gemm_threads(slices.len());
+    let dx_parts = split_by_slices(&mut dx, &slices, if wanted.dx { chw } else { 0 });
+    // Each slice sums its groups' weight gradients into a partial sum of its own.
+    let mut first_group = 0;
+    let work: Vec<_> = slices
+        .into_iter()
+        .zip(dx_parts)
+        .map(|(groups, dx_slice)| {
+            first_group += groups.len();
+            (first_group - groups.len(), groups, dx_slice)
+        })
+        .collect();
     let wt = View::rows(weight, oc, ckk).t();
-    for (i, images) in d.groups().enumerate() {
-        let width = images.len() * ohw;
-        let dy_group = &dy[images.start * oc * ohw..images.end * oc * ohw];
-        // dy of the group as (OC, images*OH*OW).
-        let dy_group: &[f32] = if images.len() == 1 {
-            dy_group
-        } else {
-            dy_cols.resize(oc * width, 0.0);
-            for (j, image) in dy_group.chunks(oc * ohw).enumerate() {
-                for (o, plane) in image.chunks(ohw).enumerate() {
-                    dy_cols[o * width + j * ohw..][..ohw].copy_from_slice(plane);
+    let partials = super::par::map_owned(work, |(first_group, groups, dx_slice)| {
+        let first = groups.first().map_or(0, |g| g.start);
+        let mut dw = vec![0f32; oc * ckk];
+        let (mut cols, mut dy_cols, mut dcols) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, images) in groups.into_iter().enumerate() {
+            let width = images.len() * ohw;
+            let dy_group = &dy[images.start * oc * ohw..images.end * oc * ohw];
+            // dy of the group as (OC, images*OH*OW).
+            let dy_group: &[f32] = if images.len() == 1 {
+                dy_group
+            } else {
+                dy_cols.resize(oc * width, 0.0);
+                for (j, image) in dy_group.chunks(oc * ohw).enumerate() {
+                    for (o, plane) in image.chunks(ohw).enumerate() {
+                        dy_cols[o * width + j * ohw..][..ohw].copy_from_slice(plane);
+                    }
                 }
+                &dy_cols
+            };
+            let dyv = View::rows(dy_group, oc, width);
+            let cols = match kept.as_ref().and_then(|k| k[first_group + i].as_deref()) {
+                Some(kept) => kept,
+                None => columns(x, d, &images, &mut cols),
+            };
+            let colsv = View::rows(cols, ckk, width);
+            if transposed {
+                matmul(&mut dw, oc, i > 0, colsv, dyv.t(), threads); // dW^T += cols @ dy^T
+            } else {
+                matmul(&mut dw, ckk, i > 0, dyv, colsv.t(), threads); // dW += dy @ cols^T
             }
-            &dy_cols
-        };
-        let dyv = View::rows(dy_group, oc, width);
-        let cols = match kept.as_ref().and_then(|k| k[i].as_deref()) {
-            Some(kept) => kept,
-            None => columns(x, d, &images, &mut cols),
-        };
-        let colsv = View::rows(cols, ckk, width);
-        if transposed {
-            matmul(&mut dw, oc, i > 0, colsv, dyv.t()); // dW^T += cols @ dy^T
-        } else {
-            matmul(&mut dw, ckk, i > 0, dyv, colsv.t()); // dW += dy @ cols^T
+            if !wanted.dx {
+                continue;
+            }
+            let dx_group = &mut dx_slice[(images.start - first) * chw..(images.end - first) * chw];
+            if is_the_image(d, &images) {
+                matmul(dx_group, d.hw(), false, wt, dyv, threads);
+            } else {
+                dcols.resize(ckk * width, 0.0);
+                matmul(&mut dcols, width, false, wt, dyv, threads);
+                col2im(&dcols, d, images, dx_group);
+            }
         }
-        if !wanted.dx {
-            continue;
-        }
-        let dx_group = &mut dx[images.start * chw..images.end * chw];
-        if is_the_image(d, &images) {
-            matmul(dx_group, d.hw(), false, wt, dyv);
-        } else {
-            dcols.resize(ckk * width, 0.0);
-            matmul(&mut dcols, width, false, wt, dyv);
-            col2im(&dcols, d, images, dx_group);
-        }
-    }
+        dw
+    });
+    let mut dw = sum_in_order(partials, oc * ckk);
     if transposed {
         dw = transpose(&dw, ckk, oc);
     }
+    // Each channel's images in order, as one pass over dy would sum them.
     let db = wanted.db.then(|| {
-        let mut db = vec![0f64; oc];
-        for (p, plane) in dy.chunks(ohw).enumerate() {
-            db[p % oc] += plane.iter().map(|&v| v as f64).sum::<f64>();
-        }
-        db.into_iter().map(|v| v as f32).collect()
+        super::par::map(oc, |o| {
+            (0..d.n).map(|n| dy[(n * oc + o) * ohw..][..ohw].iter().map(|&v| f64::from(v)).sum::<f64>()).sum::<f64>()
+                as f32
+        })
     });
     (dx, dw, db)
+}
+
+/// The sum of `parts` (each `len` long), first to last, element by element.
+fn sum_in_order(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    const CHUNK: usize = 1 << 14;
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next().unwrap_or_else(|| vec![0f32; len]);
+    let rest: Vec<Vec<f32>> = parts.collect();
+    if !rest.is_empty() {
+        super::par::for_each_chunk(&mut sum, CHUNK, |k, out| {
+            for part in &rest {
+                for (o, &v) in out.iter_mut().zip(&part[k * CHUNK..]) {
+                    *o += v;
+                }
+            }
+        });
+    }
+    sum
 }
 
 /// The (cols, rows) transpose of a row-major (rows, cols) matrix, by 32 x 32

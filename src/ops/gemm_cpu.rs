@@ -31,9 +31,17 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
     rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
 }
 
+/// How many threads one GEMM may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// The compute threads (`--threads`): the gemm crate splits the product.
+    All,
+    /// The calling thread alone: for products that already run side by side.
+    One,
+}
+
 /// dst (row-major, row stride `dst_rs`) = a @ b, or += a @ b when `accumulate`.
-/// Uses the threads candle uses (`--threads`).
-pub fn matmul(dst: &mut [f32], dst_rs: usize, accumulate: bool, a: View, b: View) {
+pub fn matmul(dst: &mut [f32], dst_rs: usize, accumulate: bool, a: View, b: View, threads: Threads) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "gemm: inner dimensions differ");
     assert!(
@@ -44,8 +52,8 @@ pub fn matmul(dst: &mut [f32], dst_rs: usize, accumulate: bool, a: View, b: View
     if m == 0 || n == 0 {
         return;
     }
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let pool = rayon::current_num_threads();
+    let parallelism = if threads == Threads::All && pool > 1 { Parallelism::Rayon(pool) } else { Parallelism::None };
     // SAFETY: every element the call reads or writes lies inside the slices
     // (checked above), and dst does not alias a or b (it is borrowed mutably).
     unsafe {
@@ -95,10 +103,10 @@ mod tests {
         let (a, b) = (View::rows(&a, 5, 7), View::rows(&b, 5, 8));
         // (7x5) @ (5x8): a transposed view on the left.
         let mut dst = vec![0f32; 7 * 8];
-        matmul(&mut dst, 8, false, a.t(), b);
+        matmul(&mut dst, 8, false, a.t(), b, Threads::All);
         assert_eq!(dst, naive(a.t(), b));
         // Accumulating adds the same product again.
-        matmul(&mut dst, 8, true, a.t(), b);
+        matmul(&mut dst, 8, true, a.t(), b, Threads::One);
         assert_eq!(dst, naive(a.t(), b).iter().map(|v| 2.0 * v).collect::<Vec<_>>());
     }
 }

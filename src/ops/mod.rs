@@ -1,12 +1,14 @@
 //! The custom ops the networks train with, where candle's own are missing
 //! or slow on the CPU: convolution as GEMMs (`conv.rs`), batch norm with the
-//! ReLU fused (`batch_norm.rs`), pooling with padding and ceil mode
+//! ReLU fused (`batch_norm.rs`), a residual
+//! block's sum and ReLU as one node (`add_relu.rs`), pooling with padding and ceil mode
 //! (`pool/`, its CUDA half beside the CPU one). Under them: the forward to
 //! backward hand-off (`handoff.rs`), loops that stay on the calling thread
 //! with one thread (`par.rs`), a CPU tensor's f32 values (`cpu_slice.rs`),
 //! a checked GEMM on strided views (`gemm_cpu.rs`) and, with feature
 //! `cuda`, the checked launch grid of the crate's kernels (`grid_cuda.rs`).
 
+pub mod add_relu;
 pub mod batch_norm;
 pub mod conv;
 pub mod cpu_slice;

@@ -46,3 +46,34 @@ pub fn map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
         (0..n).into_par_iter().map(f).collect()
     }
 }
+
+/// [f(item) for item in items], in order; the items may borrow mutably.
+pub fn map_owned<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+    if one_thread() || items.len() <= 1 {
+        items.into_iter().map(f).collect()
+    } else {
+        items.into_par_iter().map(f).collect()
+    }
+}
+
+/// `len` zeros, written by the compute threads (a vector that is filled
+/// again and again from the kept heap costs a pass over memory to clear).
+pub fn zeros(len: usize) -> Vec<f32> {
+    const CHUNK: usize = 1 << 16;
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    let spare = &mut v.spare_capacity_mut()[..len];
+    if one_thread() || len < 2 * CHUNK {
+        spare.iter_mut().for_each(|x| {
+            x.write(0.0);
+        });
+    } else {
+        spare.par_chunks_mut(CHUNK).for_each(|c| {
+            c.iter_mut().for_each(|x| {
+                x.write(0.0);
+            })
+        });
+    }
+    // SAFETY: the first `len` elements were all written just above.
+    unsafe { v.set_len(len) };
+    v
+}

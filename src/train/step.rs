@@ -115,11 +115,16 @@ impl Run<'_> {
     fn forward_backward(&mut self, host: crate::data::loader::HostBatch, step: usize) -> anyhow::Result<GradStore> {
         let (cfg, rank) = (self.cfg, self.info.rank);
         let (x, y) = to_tensors(host.pixels, host.labels, self.channels, cfg.image_size, self.device)?;
-        let mut loss = candle_nn::loss::cross_entropy(&self.net.forward_t(&x, true)?, &y)?;
-        if fault::hits(cfg.fault, FaultKind::Nan, rank, step + 1) {
-            loss = (loss * f64::NAN)?;
-        }
-        let mut grads = loss.backward()?;
+        let nan = fault::hits(cfg.fault, FaultKind::Nan, rank, step + 1);
+        let net = &self.net;
+        let (loss, mut grads) = crate::host::threads::on_compute_threads(|| -> candle_core::Result<_> {
+            let mut loss = candle_nn::loss::cross_entropy(&net.forward_t(&x, true)?, &y)?;
+            if nan {
+                loss = (loss * f64::NAN)?;
+            }
+            let grads = loss.backward()?;
+            Ok((loss, grads))
+        })?;
         if fault::hits(cfg.fault, FaultKind::Overflow, rank, step + 1) {
             let var = self.params[0].1.as_tensor();
             grads.insert(var, var.ones_like()?.affine(1e9, 0.0)?);
