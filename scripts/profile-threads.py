@@ -131,7 +131,8 @@ def profile(a, model):
         pids = collections.Counter(int(m.group(1)) for m in re.finditer(r"^candle-mpi\s+(\d+)/", script, re.M))
         target = pids.most_common(1)[0][0] if pids else pid
     done = [l for l in stdout.splitlines() if l.startswith("done:")]
-    step_s = float(re.search(r"median step of ([\d.]+) s", done[0]).group(1)) if done else float("nan")
+    m = re.search(r"median step of ([\d.]+) (m?s)", done[0]) if done else None
+    step_s = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0) if m else float("nan")
     rows = samples(script, target)
     period = 1.0 / hz
     # Cut into periods; each core's sample (or its absence: an idle, tickless core) in each.

@@ -50,6 +50,9 @@ fn max_threads() -> usize {
 
 static CONFIGURED: OnceLock<usize> = OnceLock::new();
 
+/// How long candle's elementwise pool spins for work before it sleeps.
+const CANDLE_SPIN_ENV: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
 /// Holds this process to `threads` compute threads (rayon's global pool and
 /// candle's GEMM). Must run before any tensor work; a second call with another
 /// number is an error, since rayon's pool cannot be resized.
@@ -71,6 +74,12 @@ pub fn configure(threads: Option<usize>) -> anyhow::Result<usize> {
         // candle reads these on every GEMM call; set before any thread exists.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        // candle's own pool (its elementwise ops) spins long after each op,
+        // on the cores our compute threads need next: it parks at once
+        // instead, unless the user says otherwise.
+        if std::env::var_os(CANDLE_SPIN_ENV).is_none() {
+            std::env::set_var(CANDLE_SPIN_ENV, "1");
+        }
         // Fails only if the pool already exists, in which case the check below tells.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).stack_size(COMPUTE_STACK_BYTES).build_global();
         n
