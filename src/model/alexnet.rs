@@ -63,11 +63,9 @@ impl Network for AlexNet {
     fn forward_stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor> {
         let [f1, f2, f3] = &self.fc;
         match i {
-            0 | 1 => max_pool2d(&self.convs[i].forward(x)?.relu()?, self.pool),
-            2 | 3 => self.convs[i].forward(x)?.relu(),
-            4 => {
-                adaptive_avg_pool2d(&max_pool2d(&self.convs[4].forward(x)?.relu()?, self.pool)?, 6, 6)?.flatten_from(1)
-            }
+            0 | 1 => max_pool2d(&self.convs[i].forward_relu(x)?, self.pool),
+            2 | 3 => self.convs[i].forward_relu(x),
+            4 => adaptive_avg_pool2d(&max_pool2d(&self.convs[4].forward_relu(x)?, self.pool)?, 6, 6)?.flatten_from(1),
             5 => f1.forward(&dropout(x, self.dropout, train)?)?.relu(),
             6 => f2.forward(&dropout(x, self.dropout, train)?)?.relu(),
             _ => f3.forward(x),

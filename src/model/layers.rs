@@ -12,7 +12,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 
-use crate::ops::conv::{conv2d_gemm, Geometry};
+use crate::ops::conv::{conv2d_gemm, conv2d_gemm_relu, Geometry};
 
 thread_local! {
     /// Multiply-adds recorded by the layers while a count is open on this thread.
@@ -133,16 +133,30 @@ pub fn conv(spec: ConvSpec, vb: VarBuilder) -> Result<Conv> {
     Ok(Conv { conv: Conv2d::new(weight, bias, cfg), geometry, macs_per_output: fan_in })
 }
 
-impl Module for Conv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Conv {
+    /// relu(conv(x)): one node on the CPU, keeping one activation, not two.
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, true)
+    }
+
+    fn apply(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         // On the CPU, one GEMM each way (conv.rs); elsewhere candle's conv2d.
         let y = if x.device().is_cpu() && x.dtype() == DType::F32 && gemm_conv_on_cpu() {
-            conv2d_gemm(x, self.conv.weight(), self.conv.bias(), self.geometry)?
+            let gemm = if relu { conv2d_gemm_relu } else { conv2d_gemm };
+            gemm(x, self.conv.weight(), self.conv.bias(), self.geometry)?
+        } else if relu {
+            self.conv.forward(x)?.relu()?
         } else {
             self.conv.forward(x)?
         };
         record_macs(y.elem_count() * self.macs_per_output);
         Ok(y)
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, false)
     }
 }
 

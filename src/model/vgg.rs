@@ -91,7 +91,7 @@ impl Network for Vgg {
     fn forward_stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor> {
         let [f1, f2, f3] = &self.fc;
         match (self.features.get(i), i - self.features.len().min(i)) {
-            (Some(Stage::Conv(c)), _) => c.forward(x)?.relu(),
+            (Some(Stage::Conv(c)), _) => c.forward_relu(x),
             (Some(Stage::Pool), _) => max_pool2d(x, Pool2d::new(2, 2)),
             (None, 0) => {
                 let x = adaptive_avg_pool2d(x, 7, 7)?.flatten_from(1)?;

@@ -259,7 +259,7 @@ type KeptCols = Vec<Option<Vec<f32>>>;
 
 /// y (N, OC, OH, OW) = conv(x, weight) + bias, and the groups' column
 /// matrices when they are small enough to keep (and not the input itself).
-fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims) -> (Vec<f32>, Option<KeptCols>) {
+fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims, relu: bool) -> (Vec<f32>, Option<KeptCols>) {
     let (oc, ohw) = (d.oc, d.ohw());
     let mut y = super::par::zeros(d.n * oc * ohw);
     let wv = View::rows(weight, oc, d.ckk());
@@ -293,10 +293,14 @@ fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims) -> (Vec<f3
         }
         kept
     });
-    if let Some(bias) = bias {
+    if bias.is_some() || relu {
         super::par::for_each_chunk(&mut y, ohw, |p, plane| {
-            let b = bias[p % oc];
-            plane.iter_mut().for_each(|v| *v += b);
+            let b = bias.map_or(0.0, |b| b[p % oc]);
+            if relu {
+                plane.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+            } else {
+                plane.iter_mut().for_each(|v| *v += b);
+            }
         });
     }
     (y, keep.then(|| kept.into_iter().flatten().collect()))
@@ -445,6 +449,10 @@ struct Wanted {
 /// The convolution as one graph node: on (x, weight), or (x, weight, bias).
 struct Conv2dOp {
     g: Geometry,
+    /// relu(conv(x)): backward passes the gradient where the output is
+    /// above 0 (PyTorch's in-place ReLU's rule), so the layer keeps one
+    /// activation where conv and ReLU as two nodes kept two.
+    relu: bool,
     /// The column matrices forward kept for backward (taken by backward).
     kept: HandOff<KeptCols>,
 }
@@ -476,7 +484,7 @@ impl Conv2dOp {
                 d.oc
             );
         }
-        let (y, kept) = forward(xs, ws, bs, &d);
+        let (y, kept) = forward(xs, ws, bs, &d, self.relu);
         match kept {
             Some(kept) => self.kept.put(kept),
             None => drop(self.kept.take()),
@@ -489,9 +497,11 @@ impl Conv2dOp {
         &self,
         x: &Tensor,
         weight: &Tensor,
+        y: &Tensor,
         dy: &Tensor,
         with_bias: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+        let dy = if self.relu { super::relu_mask::mask(y, dy)? } else { dy.clone() };
         let param_grads = HandOff::default();
         let wanted = Wanted { dx: x.track_op(), db: with_bias };
         let op = Conv2dGrad { g: self.g, wanted, kept: self.kept.clone(), param_grads: param_grads.clone() };
@@ -511,8 +521,8 @@ impl CustomOp2 for Conv2dOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         self.fwd((s1, l1), (s2, l2), None)
     }
-    fn bwd(&self, x: &Tensor, weight: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = self.grads(x, weight, dy, false)?;
+    fn bwd(&self, x: &Tensor, weight: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.grads(x, weight, y, dy, false)?;
         Ok((dx, Some(dw)))
     }
 }
@@ -537,10 +547,10 @@ impl CustomOp3 for Conv2dOp {
         x: &Tensor,
         weight: &Tensor,
         _bias: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = self.grads(x, weight, dy, true)?;
+        let (dx, dw, db) = self.grads(x, weight, y, dy, true)?;
         Ok((dx, Some(dw), db))
     }
 }
@@ -580,11 +590,21 @@ impl CustomOp3 for Conv2dGrad {
 /// (OC, C, k, k); differentiable in x, weight and bias. The output is
 /// contiguous (N, OC, OH, OW).
 pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: Geometry) -> Result<Tensor> {
+    conv2d_gemm_with(x, weight, bias, g, false)
+}
+
+/// relu(conv2d_gemm(...)) as one node (see `Conv2dOp::relu`).
+pub fn conv2d_gemm_relu(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: Geometry) -> Result<Tensor> {
+    conv2d_gemm_with(x, weight, bias, g, true)
+}
+
+fn conv2d_gemm_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: Geometry, relu: bool) -> Result<Tensor> {
     Dims::new(x.layout(), weight.layout(), g)?;
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    let op = Conv2dOp { g, relu, kept: HandOff::default() };
     match bias {
-        Some(b) => x.apply_op3(&weight, &b.contiguous()?, Conv2dOp { g, kept: HandOff::default() }),
-        None => x.apply_op2(&weight, Conv2dOp { g, kept: HandOff::default() }),
+        Some(b) => x.apply_op3(&weight, &b.contiguous()?, op),
+        None => x.apply_op2(&weight, op),
     }
 }
 
@@ -777,7 +797,7 @@ mod tests {
         let x = pseudo(d.n * d.c * d.hw(), 1);
         let w = pseudo(d.oc * d.ckk(), 2);
         let b = pseudo(d.oc, 3);
-        let (y, kept) = forward(&x, &w, Some(&b), d);
+        let (y, kept) = forward(&x, &w, Some(&b), d, false);
         let dy = pseudo(y.len(), 4);
         let [ry, rdx, rdw, rdb] = reference(d, &x, &w, &b, &dy);
         let close = |a: &[f32], e: &[f32], what: &str| {
@@ -810,12 +830,38 @@ mod tests {
             let d = Dims { n, c, h: hw, w: hw, oc, oh: g.out_len(hw), ow: g.out_len(hw), g };
             let x = pseudo(n * c * hw * hw, 1);
             let w = pseudo(oc * d.ckk(), 2);
-            let (y, kept) = forward(&x, &w, None, &d);
+            let (y, kept) = forward(&x, &w, None, &d, false);
             assert!(kept.is_some(), "{d:?}: small column matrices are kept");
             let dy = pseudo(y.len(), 3);
             let with = backward(&x, &w, &dy, &d, Wanted { dx: true, db: true }, kept);
             let without = backward(&x, &w, &dy, &d, Wanted { dx: true, db: true }, None);
             assert_eq!(with, without, "{d:?}");
+        }
+    }
+
+    /// The fused ReLU gives conv then ReLU: the same output bits, and the
+    /// same gradients where no output is exactly 0 (there PyTorch's in-place
+    /// ReLU, like this op, passes nothing; candle's ReLU passes the gradient).
+    #[test]
+    fn fused_relu_is_conv_then_relu() {
+        let dev = Device::Cpu;
+        let (n, c, oc, hw, k) = (3, 4, 5, 9, 3);
+        let x = Var::from_vec(pseudo(n * c * hw * hw, 1), (n, c, hw, hw), &dev).unwrap();
+        let wt = Var::from_vec(pseudo(oc * c * k * k, 2), (oc, c, k, k), &dev).unwrap();
+        let b = Var::from_vec(pseudo(oc, 3), oc, &dev).unwrap();
+        let g = Geometry { kernel: k, stride: 1, padding: 1 };
+        let fused = conv2d_gemm_relu(&x, &wt, Some(&b), g).unwrap();
+        let apart = conv2d_gemm(&x, &wt, Some(&b), g).unwrap().relu().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (yf, ya) = (flat(&fused), flat(&apart));
+        assert_eq!(yf, ya);
+        let zeros = yf.iter().filter(|&&v| v == 0.0).count();
+        assert!(zeros > yf.len() / 4, "the ReLU cuts: {zeros} of {}", yf.len());
+        let weights = Tensor::from_vec(pseudo(yf.len(), 4), fused.shape(), &dev).unwrap();
+        let gf = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let ga = (apart * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &wt, &b] {
+            assert_eq!(flat(gf.get(v).unwrap()), flat(ga.get(v).unwrap()));
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The custom ops the networks train with, where candle's own are missing
 //! or slow on the CPU: convolution as GEMMs (`conv.rs`), batch norm with the
 //! ReLU fused (`batch_norm.rs`), a residual
-//! block's sum and ReLU as one node (`add_relu.rs`), pooling with padding and ceil mode
+//! block's sum and ReLU as one node (`add_relu.rs`), the gradient through
+//! a ReLU fused into the convolution (`relu_mask.rs`), pooling with padding and ceil mode
 //! (`pool/`, its CUDA half beside the CPU one). Under them: the forward to
 //! backward hand-off (`handoff.rs`), loops that stay on the calling thread
 //! with one thread (`par.rs`), a CPU tensor's f32 values (`cpu_slice.rs`),
@@ -18,3 +19,4 @@ pub mod grid_cuda;
 pub mod handoff;
 pub mod par;
 pub mod pool;
+pub mod relu_mask;
