@@ -391,14 +391,16 @@ fn backward(
     if transposed {
         dw = transpose(&dw, ckk, oc);
     }
-    // Each channel's images in order, as one pass over dy would sum them.
-    let db = wanted.db.then(|| {
-        super::par::map(oc, |o| {
-            (0..d.n).map(|n| dy[(n * oc + o) * ohw..][..ohw].iter().map(|&v| f64::from(v)).sum::<f64>()).sum::<f64>()
-                as f32
-        })
-    });
-    (dx, dw, db)
+    (dx, dw, wanted.db.then(|| bias_grad(dy, d)))
+}
+
+/// The bias gradient: each channel's planes summed in image order, as one
+/// pass over dy would sum them.
+fn bias_grad(dy: &[f32], d: &Dims) -> Vec<f32> {
+    let (oc, ohw) = (d.oc, d.ohw());
+    super::par::map(oc, |o| {
+        (0..d.n).map(|n| dy[(n * oc + o) * ohw..][..ohw].iter().map(|&v| f64::from(v)).sum::<f64>()).sum::<f64>() as f32
+    })
 }
 
 /// The sum of `parts` (each `len` long), first to last, element by element.
