@@ -19,7 +19,8 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
+
+from profile_common import startup_delay_ms
 
 # How each operation is recognised in perf's report. "incl": the largest
 # inclusive share of a matching symbol (its work, wherever it calls into);
@@ -28,13 +29,14 @@ import time
 # so they are found by their own names, not under forward or backward.
 OPS = [
     ("GEMM (gemm crate: convolutions and linear layers; self)", "self", r"^gemm_f32::|^gemm_common::"),
-    ("im2col (ours: forward, and backward where forward did not keep cols)", "incl", r"candle_mpi::models::conv::im2col$"),
-    ("col2im (ours)", "incl", r"candle_mpi::models::conv::col2im$"),
+    ("im2col (ours: forward, and backward where forward did not keep cols)", "incl", r"candle_mpi::ops::conv::im2col$"),
+    ("col2im (ours)", "incl", r"candle_mpi::ops::conv::col2im$"),
     ("candle conv2d (CANDLE_MPI_CONV=candle)", "incl", r"cpu_backend::conv2d::|Conv2D as"),
     ("candle conv_transpose2d (its input gradient)", "incl", r"ConvTranspose2D as|conv_transpose2d"),
-    ("batch norm + ReLU forward (ours)", "incl", r"batch_norm::BatchNormTrain as candle_core::custom_op::CustomOp3>::cpu_fwd$"),
-    ("batch norm + ReLU backward (ours)", "incl", r"batch_norm::BatchNormGrad as candle_core::custom_op::CustomOp3>::cpu_fwd$"),
-    ("pooling, forward and backward", "incl", r"candle_mpi::models::pool::PoolOp::(forward|backward)$"),
+    ("batch norm + ReLU forward (ours)", "incl", r"ops::batch_norm::BatchNormTrain as candle_core::custom_op::CustomOp3>::cpu_fwd$"),
+    ("batch norm + ReLU backward (ours)", "incl", r"ops::batch_norm::BatchNormGrad as candle_core::custom_op::CustomOp3>::cpu_fwd$"),
+    ("residual add + ReLU, and the fused ReLU's gradient (ours)", "incl", r"ops::(add_relu|relu_mask)::"),
+    ("pooling, forward and backward", "incl", r"candle_mpi::ops::pool::PoolOp::(forward|backward)$"),
     ("elementwise: candle's ReLU, residual adds, gradient accumulation (self)", "self", r"binary_map|unary_map|affine|Affine|cmp_|where_cond|vec_sum|vec_dot"),
     ("reductions (self)", "self", r"ReduceIndex|ReduceSum|reduce_dim|fast_sum|fast_max"),
     ("copies and fills (self)", "self", r"copy_strided|copy2d|memmove|memcpy|memset"),
@@ -52,14 +54,7 @@ def train_cmd(exe, model, steps):
 
 def profile(model):
     exe = os.path.join(os.path.dirname(__file__), "..", "target", "release", "candle-mpi")
-    # The shorter of two 3-step runs: one slow run (a busy host, a cold page
-    # cache) would otherwise push the start past most of the steps sampled.
-    runs = []
-    for _ in range(2):
-        start = time.perf_counter()
-        subprocess.run(train_cmd(exe, model, 3), capture_output=True, check=True)
-        runs.append(time.perf_counter() - start)
-    skip_ms = int(1000 * min(runs))
+    skip_ms = startup_delay_ms(train_cmd(exe, model, 3))
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "perf.data")
         cmd = ["perf", "record", "--call-graph", "dwarf,65528", "-F", "499", "--delay", str(skip_ms), "-o", data]

@@ -23,7 +23,8 @@ import os
 import re
 import subprocess
 import tempfile
-import time
+
+from profile_common import startup_delay_ms
 
 EXE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "candle-mpi")
 
@@ -106,12 +107,7 @@ def samples(script_text, pid_of_interest):
 
 
 def profile(a, model):
-    runs = []
-    for _ in range(2):
-        start = time.perf_counter()
-        subprocess.run(train_cmd(a, model, 2), capture_output=True, check=True)
-        runs.append(time.perf_counter() - start)
-    skip_ms = int(1000 * min(runs))
+    skip_ms = startup_delay_ms(train_cmd(a, model, 2))
     hz = 250
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "perf.data")

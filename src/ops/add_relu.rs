@@ -7,15 +7,13 @@
 //! inputs' gradient. The mask passes the gradient where a + b >= 0, as
 //! candle's ReLU does, so the gradients are the same bits as candle's.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu_slice::f32_slice;
 
-const CHUNK: usize = 1 << 14;
-
 struct AddRelu;
 
-/// dy where a + b >= 0, else 0 (backward, not itself differentiated).
+/// dy where a + b >= 0, else 0, on (a, b, dy) (backward, not itself differentiated).
 struct AddReluGrad;
 
 impl CustomOp2 for AddRelu {
@@ -25,38 +23,41 @@ impl CustomOp2 for AddRelu {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let a = f32_slice(s1, l1, "add-relu: first input")?;
         let b = f32_slice(s2, l2, "add-relu: second input")?;
-        let mut y = super::par::zeros(a.len());
-        super::par::for_each_chunk(&mut y, CHUNK, |k, out| {
-            let (a, b) = (&a[k * CHUNK..], &b[k * CHUNK..]);
-            for ((o, &x), &z) in out.iter_mut().zip(a).zip(b) {
+        let y = super::par::elementwise(a.len(), |at, out| {
+            for ((o, &x), &z) in out.iter_mut().zip(&a[at..]).zip(&b[at..]) {
                 *o = (x + z).max(0.0);
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
     fn bwd(&self, a: &Tensor, b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let sum = Tensor::cat(&[a, b], 0)?;
-        let g = sum.apply_op2_no_bwd(&dy.contiguous()?, &AddReluGrad)?;
+        let g = a.apply_op3_no_bwd(b, &dy.contiguous()?, &AddReluGrad)?;
         Ok((Some(g.clone()), Some(g)))
     }
 }
 
-impl CustomOp2 for AddReluGrad {
+impl CustomOp3 for AddReluGrad {
     fn name(&self) -> &'static str {
         "candle-mpi add-relu backward"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let ab = f32_slice(s1, l1, "add-relu backward: inputs")?;
-        let dy = f32_slice(s2, l2, "add-relu backward: output gradient")?;
-        let (a, b) = ab.split_at(dy.len());
-        let mut g = super::par::zeros(dy.len());
-        super::par::for_each_chunk(&mut g, CHUNK, |k, out| {
-            let (a, b, dy) = (&a[k * CHUNK..], &b[k * CHUNK..], &dy[k * CHUNK..]);
-            for (((o, &x), &z), &d) in out.iter_mut().zip(a).zip(b).zip(dy) {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = f32_slice(s1, l1, "add-relu backward: first input")?;
+        let b = f32_slice(s2, l2, "add-relu backward: second input")?;
+        let dy = f32_slice(s3, l3, "add-relu backward: output gradient")?;
+        let g = super::par::elementwise(dy.len(), |at, out| {
+            for (((o, &x), &z), &d) in out.iter_mut().zip(&a[at..]).zip(&b[at..]).zip(&dy[at..]) {
                 *o = if x + z >= 0.0 { d } else { 0.0 };
             }
         });
-        Ok((CpuStorage::F32(g), l2.shape().clone()))
+        Ok((CpuStorage::F32(g), l3.shape().clone()))
     }
 }
 

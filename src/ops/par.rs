@@ -56,6 +56,17 @@ pub fn map_owned<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync + Se
     }
 }
 
+/// A new vector of `len` values, written chunk by chunk in parallel:
+/// f(start, out) fills `out`, the elements start..start + out.len().
+/// The elementwise ops (a sum and ReLU, a gradient mask) read their inputs
+/// at the same offsets.
+pub fn elementwise(len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    const CHUNK: usize = 1 << 14;
+    let mut out = zeros(len);
+    for_each_chunk(&mut out, CHUNK, |k, chunk| f(k * CHUNK, chunk));
+    out
+}
+
 /// `len` zeros, written by the compute threads (a vector that is filled
 /// again and again from the kept heap costs a pass over memory to clear).
 pub fn zeros(len: usize) -> Vec<f32> {

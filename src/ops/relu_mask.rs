@@ -5,8 +5,6 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::cpu_slice::f32_slice;
 
-const CHUNK: usize = 1 << 14;
-
 struct ReluMask;
 
 impl CustomOp2 for ReluMask {
@@ -19,9 +17,8 @@ impl CustomOp2 for ReluMask {
         if y.len() != dy.len() {
             candle_core::bail!("relu mask: {} outputs, {} gradients", y.len(), dy.len());
         }
-        let mut g = super::par::zeros(dy.len());
-        super::par::for_each_chunk(&mut g, CHUNK, |k, out| {
-            for ((o, &v), &d) in out.iter_mut().zip(&y[k * CHUNK..]).zip(&dy[k * CHUNK..]) {
+        let g = super::par::elementwise(dy.len(), |at, out| {
+            for ((o, &v), &d) in out.iter_mut().zip(&y[at..]).zip(&dy[at..]) {
                 *o = if v > 0.0 { d } else { 0.0 };
             }
         });
