@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 2] = ["pool", "pack"];
+const KERNELS: [&str; 3] = ["pool", "pack", "conv"];
 /// The oldest compute capability CUDA 13's nvcc compiles for.
 const OLDEST_CAP: u32 = 75;
 

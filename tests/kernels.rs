@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use candle_core::{Device, Tensor, Var};
 use candle_mpi::comm::WireElem;
 use candle_mpi::exchange::{pack_scaled, plan::plan_buckets};
+use candle_mpi::ops::conv::{col2im_all, im2col_all, Geometry};
 use candle_mpi::ops::pool::{
     adaptive_avg_pool2d, adaptive_kernel_windows, avg_pool2d, kernel_windows, max_pool2d, Pool2d,
 };
@@ -73,6 +74,7 @@ impl Kernels {
 
 type PoolFwd = unsafe extern "C" fn(*const f32, *mut f32, *const u32, i32, i32, i32, i32, i32, i32, u32);
 type PoolBwd = unsafe extern "C" fn(*const f32, *const f32, *mut f32, *const u32, i32, i32, i32, i32, i32, i32, u32);
+type Columns = unsafe extern "C" fn(*const f32, *mut f32, i32, i32, i32, i32, i32, i32, i32, i32, i32, u32);
 type Pack = unsafe extern "C" fn(*const u64, *const u64, *const u64, i32, *mut c_void, u64, f32, u32);
 type Unpack = unsafe extern "C" fn(*const c_void, u64, *const u64, *const u64, *const u64, i32, *mut u64, u32);
 
@@ -190,6 +192,57 @@ fn pooling_kernels_match_the_cpu_op_bit_for_bit() {
     assert!(wrong.is_empty(), "{} of 600 cases differ:\n{}", wrong.len(), wrong.join("\n"));
 }
 
+/// One convolution geometry through the im2col and col2im kernels and the
+/// CPU op's: the first difference, if any.
+fn columns_case(k: &Kernels, rng: &mut Rng) -> Option<String> {
+    let (n, c) = (1 + rng.below(3) as usize, 1 + rng.below(4) as usize);
+    let (h, w) = (1 + rng.below(12) as usize, 1 + rng.below(12) as usize);
+    let kernel = 1 + rng.below(5) as usize;
+    let g = Geometry { kernel, stride: 1 + rng.below(3) as usize, padding: rng.below(kernel as u64 / 2 + 2) as usize };
+    if h + 2 * g.padding < kernel || w + 2 * g.padding < kernel {
+        return None;
+    }
+    let (oh, ow) = ((h + 2 * g.padding - kernel) / g.stride + 1, (w + 2 * g.padding - kernel) / g.stride + 1);
+    let x = values(rng, n * c * h * w, false);
+    let cpu_cols = im2col_all(&x, (n, c, h, w), g);
+    let dcols = values(rng, cpu_cols.len(), false);
+    let cpu_dx = col2im_all(&dcols, (n, c, h, w), g);
+    // SAFETY: the signatures of harness.cpp.
+    let (im2col, col2im): (Columns, Columns) = unsafe { (k.get("host_im2col"), k.get("host_col2im")) };
+    let what = format!("{n}x{c}x{h}x{w} {g:?}");
+    let arg = |v: usize| v as i32;
+    for block in BLOCKS {
+        let (mut cols, mut dx) = (vec![f32::NAN; cpu_cols.len()], vec![f32::NAN; cpu_dx.len()]);
+        let (a, b, cc, d) = (arg(n), arg(c), arg(h), arg(w));
+        let (kk, s, p, o1, o2) = (arg(kernel), arg(g.stride), arg(g.padding), arg(oh), arg(ow));
+        // SAFETY: every buffer has the length the kernel reads or writes.
+        unsafe {
+            im2col(x.as_ptr(), cols.as_mut_ptr(), a, b, cc, d, kk, s, p, o1, o2, block);
+            col2im(dcols.as_ptr(), dx.as_mut_ptr(), a, b, cc, d, kk, s, p, o1, o2, block);
+        }
+        if bits(&cols) != bits(&cpu_cols) {
+            return Some(format!("{what}, block {block}: im2col differs"));
+        }
+        if bits(&dx) != bits(&cpu_dx) {
+            return Some(format!("{what}, block {block}: col2im differs"));
+        }
+    }
+    None
+}
+
+/// `count` geometries: kernels 1 to 5, strides 1 to 3, padding up to past
+/// half the kernel, sides from 1.
+fn columns_cases(k: &Kernels, count: usize) -> Vec<String> {
+    let mut rng = Rng::new(13);
+    (0..count).filter_map(|_| columns_case(k, &mut rng)).collect()
+}
+
+#[test]
+fn im2col_and_col2im_kernels_match_the_cpu_op_bit_for_bit() {
+    let wrong = columns_cases(kernels(), 500);
+    assert!(wrong.is_empty(), "{} of 500 cases differ:\n{}", wrong.len(), wrong.join("\n"));
+}
+
 /// A bucket made of pieces of several gradients, as the exchange plans it:
 /// (gradients, pieces of the one bucket checked).
 fn bucket_case(rng: &mut Rng) -> (Vec<Vec<f32>>, Vec<candle_mpi::exchange::plan::Piece>) {
@@ -287,7 +340,8 @@ fn pack_and_unpack_kernels_match_the_host_exchange_bit_for_bit() {
 }
 
 /// The checks can fail: copies of the kernels with one index computation
-/// changed (a pooling output's row, a piece's offset in the bucket) are
+/// changed (a pooling output's row, a piece's offset in the bucket, a
+/// column's input position) are
 /// caught by the same cases.
 #[test]
 fn a_kernel_with_wrong_index_arithmetic_is_caught() {
@@ -300,9 +354,11 @@ fn a_kernel_with_wrong_index_arithmetic_is_caught() {
     };
     mutate("pool.cu", "int o_h = (idx / ow) % oh;", "int o_h = (idx / oh) % oh;");
     mutate("pack.cu", "src[src_off[k] + (at - bucket_off[k])]", "src[src_off[k] + (at - bucket_off[0])]");
+    mutate("conv.cu", "int ix = ox * stride + kj - padding;", "int ix = ox * stride + kj;");
     let k = compile(&dir, "mutated");
     assert!(!pool_cases(&k, 200).is_empty(), "a pooling kernel indexing rows by the wrong size passed");
     assert!(!exchange_cases(&k, 200).is_empty(), "a pack kernel offsetting pieces from the first piece passed");
+    assert!(!columns_cases(&k, 200).is_empty(), "an im2col kernel ignoring the left padding passed");
     let _: PathBuf = dir.clone();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -78,7 +78,10 @@ impl Dims {
                 g.padding
             );
         }
-        Ok(Self { n, c, h, w, oc, oh: g.out_len(h), ow: g.out_len(w), g })
+        Ok(Self::of(n, c, h, w, oc, g))
+    }
+    fn of(n: usize, c: usize, h: usize, w: usize, oc: usize, g: Geometry) -> Self {
+        Self { n, c, h, w, oc, oh: g.out_len(h), ow: g.out_len(w), g }
     }
     fn ckk(&self) -> usize {
         self.c * self.g.kernel * self.g.kernel
@@ -229,6 +232,23 @@ fn col2im(cols: &[f32], d: &Dims, images: Range<usize>, dx: &mut [f32]) {
             }
         }
     });
+}
+
+/// The column matrix (C*k*k, N*OH*OW) of every image of x (N, C, H, W):
+/// the layout kernels/conv.cu's im2col writes, for the tests that hold it
+/// to this one.
+pub fn im2col_all(x: &[f32], (n, c, h, w): (usize, usize, usize, usize), g: Geometry) -> Vec<f32> {
+    let mut cols = Vec::new();
+    im2col(x, &Dims::of(n, c, h, w, 1, g), 0..n, &mut cols);
+    cols
+}
+
+/// im2col_all's adjoint: dx (N, C, H, W) from a column matrix, as
+/// kernels/conv.cu's col2im computes it.
+pub fn col2im_all(cols: &[f32], (n, c, h, w): (usize, usize, usize, usize), g: Geometry) -> Vec<f32> {
+    let mut dx = vec![0f32; n * c * h * w];
+    col2im(cols, &Dims::of(n, c, h, w, 1, g), 0..n, &mut dx);
+    dx
 }
 
 /// True where a group's column matrix is the image itself: a pointwise

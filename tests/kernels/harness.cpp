@@ -4,6 +4,7 @@
 #include "cuda_host.h"
 #include "pool.cu"
 #include "pack.cu"
+#include "conv.cu"
 
 extern "C" {
 
@@ -17,6 +18,18 @@ void host_pool2d_bwd(const float *x, const float *gy, float *gx, const unsigned 
                      int oh, int ow, int is_max, unsigned block) {
     unsigned long long n = (unsigned long long)planes * ih * iw;
     launch(blocks_for(n, block), block, [&] { pool2d_bwd_f32(x, gy, gx, win, planes, ih, iw, oh, ow, is_max); });
+}
+
+void host_im2col(const float *x, float *cols, int images, int c, int h, int w, int k, int stride, int padding,
+                 int oh, int ow, unsigned block) {
+    unsigned long long n = (unsigned long long)c * k * k * images * oh * ow;
+    launch(blocks_for(n, block), block, [&] { im2col_f32(x, cols, images, c, h, w, k, stride, padding, oh, ow); });
+}
+
+void host_col2im(const float *cols, float *dx, int images, int c, int h, int w, int k, int stride, int padding,
+                 int oh, int ow, unsigned block) {
+    unsigned long long n = (unsigned long long)images * c * h * w;
+    launch(blocks_for(n, block), block, [&] { col2im_f32(cols, dx, images, c, h, w, k, stride, padding, oh, ow); });
 }
 
 // pack_<t> and unpack_<t> for each wire type; the bucket is passed untyped.
