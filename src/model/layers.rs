@@ -112,9 +112,9 @@ pub struct Conv {
     macs_per_output: usize,
 }
 
-/// True unless CANDLE_MPI_CONV=candle asks for candle's own conv2d on the CPU
-/// too (to measure the two side by side).
-fn gemm_conv_on_cpu() -> bool {
+/// True unless CANDLE_MPI_CONV=candle asks for candle's own conv2d (to
+/// measure the two side by side).
+fn our_conv() -> bool {
     static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CHOICE.get_or_init(|| std::env::var("CANDLE_MPI_CONV").map_or(true, |v| v != "candle"))
 }
@@ -140,8 +140,11 @@ impl Conv {
     }
 
     fn apply(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
-        // On the CPU, one GEMM each way (conv.rs); elsewhere candle's conv2d.
-        let y = if x.device().is_cpu() && x.dtype() == DType::F32 && gemm_conv_on_cpu() {
+        // Ours on the CPU and the GPU (conv.rs: GEMMs each way, no
+        // transposed-convolution kernel); candle's conv2d where asked or on
+        // other devices and types.
+        let ours = x.dtype() == DType::F32 && (x.device().is_cpu() || x.device().is_cuda());
+        let y = if ours && our_conv() {
             let gemm = if relu { conv2d_gemm_relu } else { conv2d_gemm };
             gemm(x, self.conv.weight(), self.conv.bias(), self.geometry)?
         } else if relu {

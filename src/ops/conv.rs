@@ -18,117 +18,20 @@
 //! one node of candle's graph: candle accumulates each node's input gradient
 //! into a zero-filled tensor, which for im2col's output had been a pass over
 //! nine times the activation of every 3x3 layer. Square kernels, groups 1:
-//! what the four networks use. On other devices the layer keeps candle's conv2d.
+//! what the four networks use. On a GPU the same op runs conv_device.rs's
+//! steps (kernels/conv.cu's im2col and col2im, cuBLAS GEMMs).
 
 use std::ops::Range;
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
+use super::columns::{col2im, im2col, Dims, MIN_GROUP_COLUMNS};
+pub use super::columns::{col2im_all, im2col_all, Geometry};
+use super::conv_cuda;
 use super::cpu_slice::f32_slice;
 use super::gemm_cpu::{matmul, Threads, View};
 use super::handoff::HandOff;
-
-/// A square convolution's geometry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geometry {
-    pub kernel: usize,
-    pub stride: usize,
-    pub padding: usize,
-}
-
-impl Geometry {
-    fn out_len(&self, input: usize) -> usize {
-        (input + 2 * self.padding - self.kernel) / self.stride + 1
-    }
-}
-
-/// GEMM columns a group of images should give at least (below this the gemm
-/// crate's blocks are mostly edge; measured in docs/performance.md).
-const MIN_GROUP_COLUMNS: usize = 256;
-
-/// The shapes of one convolution.
-#[derive(Clone, Copy, Debug)]
-struct Dims {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    oc: usize,
-    oh: usize,
-    ow: usize,
-    g: Geometry,
-}
-
-impl Dims {
-    fn new(x: &Layout, weight: &Layout, g: Geometry) -> Result<Self> {
-        let (n, c, h, w) = x.shape().dims4()?;
-        let (oc, wc, kh, kw) = weight.shape().dims4()?;
-        if wc != c || kh != g.kernel || kw != g.kernel {
-            candle_core::bail!(
-                "conv2d_gemm: weight {:?} does not fit input {:?} and kernel {}",
-                weight.dims(),
-                x.dims(),
-                g.kernel
-            );
-        }
-        if h + 2 * g.padding < g.kernel || w + 2 * g.padding < g.kernel {
-            candle_core::bail!(
-                "conv2d_gemm: input {h}x{w} smaller than kernel {} with padding {}",
-                g.kernel,
-                g.padding
-            );
-        }
-        Ok(Self::of(n, c, h, w, oc, g))
-    }
-    fn of(n: usize, c: usize, h: usize, w: usize, oc: usize, g: Geometry) -> Self {
-        Self { n, c, h, w, oc, oh: g.out_len(h), ow: g.out_len(w), g }
-    }
-    fn ckk(&self) -> usize {
-        self.c * self.g.kernel * self.g.kernel
-    }
-    fn hw(&self) -> usize {
-        self.h * self.w
-    }
-    fn ohw(&self) -> usize {
-        self.oh * self.ow
-    }
-    /// 1x1, stride 1, no padding: an image is its own column matrix.
-    fn pointwise(&self) -> bool {
-        self.g == Geometry { kernel: 1, stride: 1, padding: 0 }
-    }
-    /// The images of each GEMM, in order.
-    fn groups(&self) -> impl Iterator<Item = Range<usize>> {
-        let size = self.group_size();
-        let n = self.n;
-        (0..n).step_by(size).map(move |b| b..(b + size).min(n))
-    }
-    fn group_size(&self) -> usize {
-        MIN_GROUP_COLUMNS.div_ceil(self.ohw().max(1)).clamp(1, self.n.max(1))
-    }
-    /// The groups dealt into slices, runs of consecutive groups that are
-    /// computed side by side, each on one thread with its own buffers
-    /// (`scratch_floats` a group): as many as the groups, at most
-    /// `MAX_SLICES`, and fewer where their buffers together would pass
-    /// `SLICE_SCRATCH_BYTES`. The count follows from the shapes alone, never
-    /// from `--threads`, so every sum is taken in the same order, and every
-    /// gradient has the same bits, whatever the thread count.
-    fn slices(&self, scratch_floats: usize) -> Vec<Vec<Range<usize>>> {
-        let groups: Vec<Range<usize>> = self.groups().collect();
-        let by_memory = (SLICE_SCRATCH_BYTES / (4 * scratch_floats).max(1)).max(1);
-        let count = groups.len().min(MAX_SLICES).min(by_memory).max(1);
-        groups.chunks(groups.len().div_ceil(count).max(1)).map(<[_]>::to_vec).collect()
-    }
-    /// Columns of the widest group's GEMMs.
-    fn group_width(&self) -> usize {
-        self.group_size() * self.ohw()
-    }
-}
-
-/// Slices a layer's groups are dealt into at most (see `Dims::slices`).
-const MAX_SLICES: usize = 8;
-
-/// Buffers the slices of one layer may hold at once.
-const SLICE_SCRATCH_BYTES: usize = 64 << 20;
 
 /// Each slice's GEMMs on its own thread where there are several slices;
 /// one slice gets every thread.
@@ -150,105 +53,6 @@ fn split_by_slices<'a>(mut data: &'a mut [f32], slices: &[Vec<Range<usize>>], pe
         data = rest;
     }
     parts
-}
-
-/// cols (C*k*k, images*OH*OW) of the images `images` of x; row (c, ki, kj),
-/// column (image, oh, ow).
-fn im2col(x: &[f32], d: &Dims, images: Range<usize>, cols: &mut Vec<f32>) {
-    let Geometry { kernel: k, stride, padding } = d.g;
-    let (h, w, oh, ow) = (d.h, d.w, d.oh, d.ow);
-    let width = images.len() * d.ohw();
-    // Every element is written below (padding as zeros), so the buffer of the
-    // previous group is reused without clearing it first.
-    cols.resize(d.ckk() * width, 0.0);
-    // One row per (c, ki, kj): rows are independent.
-    super::par::for_each_chunk(cols, width, |row, dst| {
-        let (ci, ki, kj) = (row / (k * k), (row / k) % k, row % k);
-        // Output columns whose input column lies inside the image.
-        let lo = padding.saturating_sub(kj).div_ceil(stride).min(ow);
-        let hi = ((w + padding).saturating_sub(kj)).div_ceil(stride).clamp(lo, ow);
-        for (j, b) in images.clone().enumerate() {
-            let plane = &x[(b * d.c + ci) * h * w..][..h * w];
-            for y in 0..oh {
-                let iy = (y * stride + ki) as isize - padding as isize;
-                let out = &mut dst[(j * oh + y) * ow..][..ow];
-                if iy < 0 || iy >= h as isize || lo == hi {
-                    out.fill(0.0);
-                    continue;
-                }
-                out[..lo].fill(0.0);
-                out[hi..].fill(0.0);
-                let src = &plane[iy as usize * w..][..w];
-                let first = lo * stride + kj - padding;
-                if stride == 1 {
-                    out[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
-                } else {
-                    for (o, xo) in out[lo..hi].iter_mut().zip((first..).step_by(stride)) {
-                        *o = src[xo];
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// dx += col2im(cols) for the images `images` (dx holds just their planes):
-/// im2col's adjoint.
-fn col2im(cols: &[f32], d: &Dims, images: Range<usize>, dx: &mut [f32]) {
-    let Geometry { kernel: k, stride, padding } = d.g;
-    let (c, h, w, oh, ow) = (d.c, d.h, d.w, d.oh, d.ow);
-    let width = images.len() * d.ohw();
-    // One (image, channel) plane per task; within it, rows in (ki, kj) order.
-    super::par::for_each_chunk(dx, h * w, |plane_index, plane| {
-        let (j, ci) = (plane_index / c, plane_index % c);
-        for ki in 0..k {
-            for kj in 0..k {
-                let src = &cols[((ci * k + ki) * k + kj) * width + j * oh * ow..][..oh * ow];
-                let lo = padding.saturating_sub(kj).div_ceil(stride).min(ow);
-                let hi = ((w + padding).saturating_sub(kj)).div_ceil(stride).clamp(lo, ow);
-                if lo == hi {
-                    // This kernel column reads only padding (its first input column would lie before 0).
-                    continue;
-                }
-                for y in 0..oh {
-                    let iy = (y * stride + ki) as isize - padding as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let row = &mut plane[iy as usize * w..][..w];
-                    let first = lo * stride + kj - padding;
-                    let src = &src[y * ow + lo..y * ow + hi];
-                    if stride == 1 {
-                        // Slices side by side: the compiler vectorizes this.
-                        for (r, &v) in row[first..first + src.len()].iter_mut().zip(src) {
-                            *r += v;
-                        }
-                    } else {
-                        for (xo, &v) in (first..).step_by(stride).zip(src) {
-                            row[xo] += v;
-                        }
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// The column matrix (C*k*k, N*OH*OW) of every image of x (N, C, H, W):
-/// the layout kernels/conv.cu's im2col writes, for the tests that hold it
-/// to this one.
-pub fn im2col_all(x: &[f32], (n, c, h, w): (usize, usize, usize, usize), g: Geometry) -> Vec<f32> {
-    let mut cols = Vec::new();
-    im2col(x, &Dims::of(n, c, h, w, 1, g), 0..n, &mut cols);
-    cols
-}
-
-/// im2col_all's adjoint: dx (N, C, H, W) from a column matrix, as
-/// kernels/conv.cu's col2im computes it.
-pub fn col2im_all(cols: &[f32], (n, c, h, w): (usize, usize, usize, usize), g: Geometry) -> Vec<f32> {
-    let mut dx = vec![0f32; n * c * h * w];
-    col2im(cols, &Dims::of(n, c, h, w, 1, g), 0..n, &mut dx);
-    dx
 }
 
 /// True where a group's column matrix is the image itself: a pointwise
@@ -479,13 +283,16 @@ struct Conv2dOp {
     kept: HandOff<KeptCols>,
 }
 
+/// The weight and bias gradients, on the device backward ran on.
+type ParamGrads = (Storage, Option<Storage>);
+
 /// Backward on (x, weight, dy): dx (empty when not wanted); the weight and
 /// bias gradients are left in `param_grads`.
 struct Conv2dGrad {
     g: Geometry,
     wanted: Wanted,
     kept: HandOff<KeptCols>,
-    param_grads: HandOff<(Vec<f32>, Option<Vec<f32>>)>,
+    param_grads: HandOff<ParamGrads>,
 }
 
 impl Conv2dOp {
@@ -530,9 +337,21 @@ impl Conv2dOp {
         let dx = x.apply_op3_no_bwd(weight, &dy.contiguous()?, &op)?;
         let dx = wanted.dx.then_some(dx);
         let (dw, db) = param_grads.take().expect("the gradient op leaves the parameter gradients");
-        let dw = Tensor::from_vec(dw, weight.shape(), x.device())?;
-        let db = db.map(|db| Tensor::from_vec(db, weight.dim(0)?, x.device())).transpose()?;
+        let dw = Tensor::from_storage(dw, weight.shape(), BackpropOp::none(), false);
+        let db = db.map(|db| Tensor::from_storage(db, weight.dim(0).unwrap_or(0), BackpropOp::none(), false));
         Ok((dx, dw, db))
+    }
+
+    /// The forward on the GPU (conv_device.rs over conv_cuda.rs).
+    fn cuda(
+        &self,
+        x: (&CudaStorage, &Layout),
+        w: (&CudaStorage, &Layout),
+        bias: Option<(&CudaStorage, &Layout)>,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = Dims::new(x.1, w.1, self.g)?;
+        let y = conv_cuda::forward(x, w, bias, &d, self.relu)?;
+        Ok((y, Shape::from((d.n, d.oc, d.oh, d.ow))))
     }
 }
 
@@ -542,6 +361,9 @@ impl CustomOp2 for Conv2dOp {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         self.fwd((s1, l1), (s2, l2), None)
+    }
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.cuda((s1, l1), (s2, l2), None)
     }
     fn bwd(&self, x: &Tensor, weight: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = self.grads(x, weight, y, dy, false)?;
@@ -563,6 +385,17 @@ impl CustomOp3 for Conv2dOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.cuda((s1, l1), (s2, l2), Some((s3, l3)))
     }
     fn bwd(
         &self,
@@ -602,13 +435,38 @@ impl CustomOp3 for Conv2dGrad {
             );
         }
         let (dx, dw, db) = backward(x, w, dy, &d, self.wanted, self.kept.take());
-        self.param_grads.put((dw, db));
-        let shape = if self.wanted.dx { l1.shape().clone() } else { Shape::from(0) };
-        Ok((CpuStorage::F32(dx), shape))
+        self.param_grads.put((Storage::Cpu(CpuStorage::F32(dw)), db.map(|db| Storage::Cpu(CpuStorage::F32(db)))));
+        Ok((CpuStorage::F32(dx), self.dx_shape(l1)))
+    }
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = Dims::new(l1, l2, self.g)?;
+        let wanted = (self.wanted.dx, self.wanted.db);
+        let (dx, dw, db) = conv_cuda::backward((s1, l1), (s2, l2), (s3, l3), &d, wanted)?;
+        self.param_grads.put((Storage::Cuda(dw), db.map(Storage::Cuda)));
+        Ok((dx, self.dx_shape(l1)))
     }
 }
 
-/// y = conv2d(x, weight) (+ bias), x (N, C, H, W) f32 on the CPU, weight
+impl Conv2dGrad {
+    /// The input's shape where its gradient is wanted, else an empty one.
+    fn dx_shape(&self, x: &Layout) -> Shape {
+        if self.wanted.dx {
+            x.shape().clone()
+        } else {
+            Shape::from(0)
+        }
+    }
+}
+
+/// y = conv2d(x, weight) (+ bias), x (N, C, H, W) f32 on the CPU or a GPU, weight
 /// (OC, C, k, k); differentiable in x, weight and bias. The output is
 /// contiguous (N, OC, OH, OW).
 pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: Geometry) -> Result<Tensor> {

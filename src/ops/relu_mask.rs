@@ -26,7 +26,12 @@ impl CustomOp2 for ReluMask {
     }
 }
 
-/// dy masked by y > 0, not itself differentiated.
+/// dy masked by y > 0, not itself differentiated: one pass on the CPU,
+/// candle's comparison and select elsewhere.
 pub fn mask(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &ReluMask)
+    if y.device().is_cpu() {
+        y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &ReluMask)
+    } else {
+        y.gt(0f64)?.where_cond(dy, &dy.zeros_like()?)
+    }
 }

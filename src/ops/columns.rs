@@ -1,0 +1,209 @@
+//! A convolution's shapes and its column matrices: the geometry, the sizes
+//! of one call (`Dims`, with the groups of images the CPU op computes at
+//! once), and im2col / col2im on the CPU, whose layout and order of
+//! additions kernels/conv.cu follows on the GPU.
+
+use std::ops::Range;
+
+use candle_core::{Layout, Result};
+
+/// A square convolution's geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Geometry {
+    pub(crate) fn out_len(&self, input: usize) -> usize {
+        (input + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+}
+
+/// GEMM columns a group of images should give at least (below this the gemm
+/// crate's blocks are mostly edge; measured in docs/performance.md).
+pub(crate) const MIN_GROUP_COLUMNS: usize = 256;
+
+/// The shapes of one convolution.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    pub(crate) n: usize,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) oc: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+    pub(crate) g: Geometry,
+}
+
+impl Dims {
+    pub(crate) fn new(x: &Layout, weight: &Layout, g: Geometry) -> Result<Self> {
+        let (n, c, h, w) = x.shape().dims4()?;
+        let (oc, wc, kh, kw) = weight.shape().dims4()?;
+        if wc != c || kh != g.kernel || kw != g.kernel {
+            candle_core::bail!(
+                "conv2d_gemm: weight {:?} does not fit input {:?} and kernel {}",
+                weight.dims(),
+                x.dims(),
+                g.kernel
+            );
+        }
+        if h + 2 * g.padding < g.kernel || w + 2 * g.padding < g.kernel {
+            candle_core::bail!(
+                "conv2d_gemm: input {h}x{w} smaller than kernel {} with padding {}",
+                g.kernel,
+                g.padding
+            );
+        }
+        Ok(Self::of(n, c, h, w, oc, g))
+    }
+    pub(crate) fn of(n: usize, c: usize, h: usize, w: usize, oc: usize, g: Geometry) -> Self {
+        Self { n, c, h, w, oc, oh: g.out_len(h), ow: g.out_len(w), g }
+    }
+    pub(crate) fn ckk(&self) -> usize {
+        self.c * self.g.kernel * self.g.kernel
+    }
+    pub(crate) fn hw(&self) -> usize {
+        self.h * self.w
+    }
+    pub(crate) fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// 1x1, stride 1, no padding: an image is its own column matrix.
+    pub(crate) fn pointwise(&self) -> bool {
+        self.g == Geometry { kernel: 1, stride: 1, padding: 0 }
+    }
+    /// The images of each GEMM, in order.
+    pub(crate) fn groups(&self) -> impl Iterator<Item = Range<usize>> {
+        let size = self.group_size();
+        let n = self.n;
+        (0..n).step_by(size).map(move |b| b..(b + size).min(n))
+    }
+    pub(crate) fn group_size(&self) -> usize {
+        MIN_GROUP_COLUMNS.div_ceil(self.ohw().max(1)).clamp(1, self.n.max(1))
+    }
+    /// The groups dealt into slices, runs of consecutive groups that are
+    /// computed side by side, each on one thread with its own buffers
+    /// (`scratch_floats` a group): as many as the groups, at most
+    /// `MAX_SLICES`, and fewer where their buffers together would pass
+    /// `SLICE_SCRATCH_BYTES`. The count follows from the shapes alone, never
+    /// from `--threads`, so every sum is taken in the same order, and every
+    /// gradient has the same bits, whatever the thread count.
+    pub(crate) fn slices(&self, scratch_floats: usize) -> Vec<Vec<Range<usize>>> {
+        let groups: Vec<Range<usize>> = self.groups().collect();
+        let by_memory = (SLICE_SCRATCH_BYTES / (4 * scratch_floats).max(1)).max(1);
+        let count = groups.len().min(MAX_SLICES).min(by_memory).max(1);
+        groups.chunks(groups.len().div_ceil(count).max(1)).map(<[_]>::to_vec).collect()
+    }
+    /// Columns of the widest group's GEMMs.
+    pub(crate) fn group_width(&self) -> usize {
+        self.group_size() * self.ohw()
+    }
+}
+
+/// Slices a layer's groups are dealt into at most (see `Dims::slices`).
+const MAX_SLICES: usize = 8;
+
+/// Buffers the slices of one layer may hold at once.
+const SLICE_SCRATCH_BYTES: usize = 64 << 20;
+
+/// cols (C*k*k, images*OH*OW) of the images `images` of x; row (c, ki, kj),
+/// column (image, oh, ow).
+pub(crate) fn im2col(x: &[f32], d: &Dims, images: Range<usize>, cols: &mut Vec<f32>) {
+    let Geometry { kernel: k, stride, padding } = d.g;
+    let (h, w, oh, ow) = (d.h, d.w, d.oh, d.ow);
+    let width = images.len() * d.ohw();
+    // Every element is written below (padding as zeros), so the buffer of the
+    // previous group is reused without clearing it first.
+    cols.resize(d.ckk() * width, 0.0);
+    // One row per (c, ki, kj): rows are independent.
+    super::par::for_each_chunk(cols, width, |row, dst| {
+        let (ci, ki, kj) = (row / (k * k), (row / k) % k, row % k);
+        // Output columns whose input column lies inside the image.
+        let lo = padding.saturating_sub(kj).div_ceil(stride).min(ow);
+        let hi = ((w + padding).saturating_sub(kj)).div_ceil(stride).clamp(lo, ow);
+        for (j, b) in images.clone().enumerate() {
+            let plane = &x[(b * d.c + ci) * h * w..][..h * w];
+            for y in 0..oh {
+                let iy = (y * stride + ki) as isize - padding as isize;
+                let out = &mut dst[(j * oh + y) * ow..][..ow];
+                if iy < 0 || iy >= h as isize || lo == hi {
+                    out.fill(0.0);
+                    continue;
+                }
+                out[..lo].fill(0.0);
+                out[hi..].fill(0.0);
+                let src = &plane[iy as usize * w..][..w];
+                let first = lo * stride + kj - padding;
+                if stride == 1 {
+                    out[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                } else {
+                    for (o, xo) in out[lo..hi].iter_mut().zip((first..).step_by(stride)) {
+                        *o = src[xo];
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// dx += col2im(cols) for the images `images` (dx holds just their planes):
+/// im2col's adjoint.
+pub(crate) fn col2im(cols: &[f32], d: &Dims, images: Range<usize>, dx: &mut [f32]) {
+    let Geometry { kernel: k, stride, padding } = d.g;
+    let (c, h, w, oh, ow) = (d.c, d.h, d.w, d.oh, d.ow);
+    let width = images.len() * d.ohw();
+    // One (image, channel) plane per task; within it, rows in (ki, kj) order.
+    super::par::for_each_chunk(dx, h * w, |plane_index, plane| {
+        let (j, ci) = (plane_index / c, plane_index % c);
+        for ki in 0..k {
+            for kj in 0..k {
+                let src = &cols[((ci * k + ki) * k + kj) * width + j * oh * ow..][..oh * ow];
+                let lo = padding.saturating_sub(kj).div_ceil(stride).min(ow);
+                let hi = ((w + padding).saturating_sub(kj)).div_ceil(stride).clamp(lo, ow);
+                if lo == hi {
+                    // This kernel column reads only padding (its first input column would lie before 0).
+                    continue;
+                }
+                for y in 0..oh {
+                    let iy = (y * stride + ki) as isize - padding as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let row = &mut plane[iy as usize * w..][..w];
+                    let first = lo * stride + kj - padding;
+                    let src = &src[y * ow + lo..y * ow + hi];
+                    if stride == 1 {
+                        // Slices side by side: the compiler vectorizes this.
+                        for (r, &v) in row[first..first + src.len()].iter_mut().zip(src) {
+                            *r += v;
+                        }
+                    } else {
+                        for (xo, &v) in (first..).step_by(stride).zip(src) {
+                            row[xo] += v;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The column matrix (C*k*k, N*OH*OW) of every image of x (N, C, H, W):
+/// the layout kernels/conv.cu's im2col writes, for the tests that hold it
+/// to this one.
+pub fn im2col_all(x: &[f32], (n, c, h, w): (usize, usize, usize, usize), g: Geometry) -> Vec<f32> {
+    let mut cols = Vec::new();
+    im2col(x, &Dims::of(n, c, h, w, 1, g), 0..n, &mut cols);
+    cols
+}
+
+/// im2col_all's adjoint: dx (N, C, H, W) from a column matrix, as
+/// kernels/conv.cu's col2im computes it.
+pub fn col2im_all(cols: &[f32], (n, c, h, w): (usize, usize, usize, usize), g: Geometry) -> Vec<f32> {
+    let mut dx = vec![0f32; n * c * h * w];
+    col2im(cols, &Dims::of(n, c, h, w, 1, g), 0..n, &mut dx);
+    dx
+}
