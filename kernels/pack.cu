@@ -37,17 +37,18 @@ __device__ void pack(const unsigned long long *srcs, const unsigned long long *s
     bucket[at] = to_wire(src[src_off[k] + (at - bucket_off[k])] * scale, bucket);
 }
 
-// bucket -> f32 gradients; counts the non-finite values it writes into
-// *nonfinite (the step is skipped on every rank when it is not zero).
+// bucket -> f32 gradients, all of them in one buffer `out`: piece k goes to
+// out[out_off[k] ..], so the table does not change from step to step.
+// Counts the non-finite values it writes into *nonfinite (the step is
+// skipped on every rank when it is not zero).
 template <class W>
-__device__ void unpack(const W *bucket, unsigned long long len, const unsigned long long *dsts,
-                       const unsigned long long *dst_off, const unsigned long long *bucket_off, int pieces,
-                       unsigned long long *nonfinite) {
+__device__ void unpack(const W *bucket, unsigned long long len, float *out, const unsigned long long *out_off,
+                       const unsigned long long *bucket_off, int pieces, unsigned long long *nonfinite) {
     unsigned long long at = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (at >= len) return;
     int k = find_piece(bucket_off, pieces, at);
     float v = from_wire(bucket[at]);
-    ((float *)dsts[k])[dst_off[k] + (at - bucket_off[k])] = v;
+    out[out_off[k] + (at - bucket_off[k])] = v;
     if (!isfinite(v)) atomicAdd(nonfinite, 1ULL);
 }
 
@@ -57,10 +58,10 @@ __device__ void unpack(const W *bucket, unsigned long long len, const unsigned l
                                            unsigned long long len, float scale) {                                  \
         pack(srcs, src_off, bucket_off, pieces, bucket, len, scale);                                               \
     }                                                                                                               \
-    extern "C" __global__ void unpack_##NAME(const W *bucket, unsigned long long len, const unsigned long long *dsts, \
-                                             const unsigned long long *dst_off, const unsigned long long *bucket_off, \
+    extern "C" __global__ void unpack_##NAME(const W *bucket, unsigned long long len, float *out,                  \
+                                             const unsigned long long *out_off, const unsigned long long *bucket_off, \
                                              int pieces, unsigned long long *nonfinite) {                          \
-        unpack(bucket, len, dsts, dst_off, bucket_off, pieces, nonfinite);                                         \
+        unpack(bucket, len, out, out_off, bucket_off, pieces, nonfinite);                                          \
     }
 
 PACK_KERNELS(f16, __half)

@@ -76,7 +76,7 @@ type PoolFwd = unsafe extern "C" fn(*const f32, *mut f32, *const u32, i32, i32, 
 type PoolBwd = unsafe extern "C" fn(*const f32, *const f32, *mut f32, *const u32, i32, i32, i32, i32, i32, i32, u32);
 type Columns = unsafe extern "C" fn(*const f32, *mut f32, i32, i32, i32, i32, i32, i32, i32, i32, i32, u32);
 type Pack = unsafe extern "C" fn(*const u64, *const u64, *const u64, i32, *mut c_void, u64, f32, u32);
-type Unpack = unsafe extern "C" fn(*const c_void, u64, *const u64, *const u64, *const u64, i32, *mut u64, u32);
+type Unpack = unsafe extern "C" fn(*const c_void, u64, *mut f32, *const u64, *const u64, i32, *mut u64, u32);
 
 /// The block sizes a launch uses: the GPU path's 1024 (LaunchConfig::for_num_elems),
 /// and small ones, so that most elements fall in a last partial block.
@@ -299,19 +299,22 @@ fn exchange_case<T: WireElem>(k: &Kernels, rng: &mut Rng) -> Option<String> {
     let srcs: Vec<u64> = pieces.iter().map(|p| grads[p.param].as_ptr() as u64).collect();
     let offs: Vec<u64> = pieces.iter().map(|p| p.param_offset as u64).collect();
     let at: Vec<u64> = pieces.iter().map(|p| p.bucket_offset as u64).collect();
+    // The unpacked gradients lie one after another in one buffer.
+    let starts: Vec<usize> = grads.iter().scan(0, |at, g| Some(std::mem::replace(at, *at + g.len()))).collect();
+    let out_off: Vec<u64> = pieces.iter().map(|p| (starts[p.param] + p.param_offset) as u64).collect();
     let what = format!("{} {} pieces, {len} elements, scale {scale}", T::NAME, pieces.len());
     for block in BLOCKS {
         let mut bucket = vec![T::default(); len];
-        let mut out: Vec<Vec<f32>> = grads.iter().map(|g| vec![0f32; g.len()]).collect();
-        let dsts: Vec<u64> = pieces.iter().map(|p| out[p.param].as_mut_ptr() as u64).collect();
+        let mut flat = vec![0f32; grads.iter().map(Vec::len).sum()];
         let mut bad = 0u64;
         let n = pieces.len() as i32;
         let wire = bucket.as_mut_ptr() as *mut c_void;
         // SAFETY: the tables point into live buffers of the lengths the pieces give.
         unsafe {
             pack(srcs.as_ptr(), offs.as_ptr(), at.as_ptr(), n, wire, len as u64, scale, block);
-            unpack(wire, len as u64, dsts.as_ptr(), offs.as_ptr(), at.as_ptr(), n, &mut bad, block);
+            unpack(wire, len as u64, flat.as_mut_ptr(), out_off.as_ptr(), at.as_ptr(), n, &mut bad, block);
         }
+        let out: Vec<&[f32]> = grads.iter().zip(&starts).map(|(g, &s)| &flat[s..s + g.len()]).collect();
         if wire_bits(&bucket) != wire_bits(&host) {
             return Some(format!("{what}, block {block}: pack differs"));
         }

@@ -4,12 +4,15 @@
 //! Per bucket, one launch of kernels/pack.cu packs every piece of it (f32
 //! gradients -> scaled wire values) on candle's stream, NCCL sums it in
 //! place on its own stream, and one launch unpacks it into fresh f32
-//! gradients, counting non-finite values. cudarc records an event for each
-//! use of a bucket and makes the next stream that uses it wait for it, which
-//! orders pack, sum and unpack across the two streams. After backward, each
-//! sum is waited for; overlapped with backward, the sums are queued as
-//! stages finish and only the final read of the count waits. Nothing
-//! crosses to the host but the pointer tables and the count.
+//! gradients, all in one buffer, counting non-finite values. cudarc records
+//! an event for each use of a bucket and makes the next stream that uses it
+//! wait for it, which orders pack, sum and unpack across the two streams.
+//! No sum is waited for on the host: after backward or overlapped with it,
+//! the sums are queued, and the one read of the count at the end is the
+//! step's only synchronisation. The offset tables are uploaded once (the
+//! plan does not change); each step uploads, per bucket, the addresses of
+//! its pieces' gradients (candle allocates them anew), and nothing else
+//! crosses to the host but the count.
 
 use candle_core::backprop::GradStore;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -61,30 +64,56 @@ enum Buckets {
 pub struct DeviceBuckets {
     dev: CudaDevice,
     buckets: Buckets,
+    /// The buckets' offset tables, uploaded at the first exchange.
+    tables: Option<Vec<BucketTables>>,
 }
 
-/// A bucket's piece table on the device: the address of each piece's
-/// tensor, the piece's offset in it, and its offset in the bucket.
-type Table = (CudaSlice<u64>, CudaSlice<u64>, CudaSlice<u64>);
-
-/// What the pack and the unpack kernel of one bucket both take: the grid (a
-/// thread per element), the piece table over `addresses`, the piece count
-/// and the bucket's length.
-struct BucketLaunch {
+/// What the pack and the unpack kernel of one bucket take that does not
+/// change from step to step: the grid (a thread per element), each piece's
+/// offset in its gradient, in the bucket and in the unpacked buffer, the
+/// piece count and the bucket's length.
+struct BucketTables {
     grid: LaunchConfig,
-    table: Table,
+    src_off: CudaSlice<u64>,
+    bucket_off: CudaSlice<u64>,
+    out_off: CudaSlice<u64>,
     pieces: i32,
     len: u64,
 }
 
-fn bucket_launch(dev: &CudaDevice, pieces: &[Piece], addresses: &[u64]) -> anyhow::Result<BucketLaunch> {
-    let len: usize = pieces.iter().map(|p| p.len).sum();
-    let grid = one_thread_per_element(len, "exchange: a gradient bucket (use a smaller --bucket-mb)")?;
-    let ptrs: Vec<u64> = pieces.iter().map(|p| addresses[p.param]).collect();
-    let offs: Vec<u64> = pieces.iter().map(|p| p.param_offset as u64).collect();
-    let at: Vec<u64> = pieces.iter().map(|p| p.bucket_offset as u64).collect();
-    let table = (dev.clone_htod(&ptrs)?, dev.clone_htod(&offs)?, dev.clone_htod(&at)?);
-    Ok(BucketLaunch { grid, table, pieces: int_arg(pieces.len(), "exchange: pieces of a bucket")?, len: len as u64 })
+/// Where each parameter's gradient starts in the unpacked buffer, and the
+/// buffer's length: the parameters one after another.
+fn gradient_starts(vars: &[Var]) -> (Vec<usize>, usize) {
+    let mut total = 0;
+    let starts = vars
+        .iter()
+        .map(|v| {
+            let at = total;
+            total += v.elem_count();
+            at
+        })
+        .collect();
+    (starts, total)
+}
+
+fn bucket_tables(dev: &CudaDevice, plan: &[Vec<Piece>], vars: &[Var]) -> anyhow::Result<Vec<BucketTables>> {
+    let (starts, _) = gradient_starts(vars);
+    let upload = |f: &dyn Fn(&Piece) -> usize, pieces: &[Piece]| {
+        dev.clone_htod(&pieces.iter().map(|p| f(p) as u64).collect::<Vec<u64>>())
+    };
+    plan.iter()
+        .map(|pieces| {
+            let len: usize = pieces.iter().map(|p| p.len).sum();
+            Ok(BucketTables {
+                grid: one_thread_per_element(len, "exchange: a gradient bucket (use a smaller --bucket-mb)")?,
+                src_off: upload(&|p| p.param_offset, pieces)?,
+                bucket_off: upload(&|p| p.bucket_offset, pieces)?,
+                out_off: upload(&|p| starts[p.param] + p.param_offset, pieces)?,
+                pieces: int_arg(pieces.len(), "exchange: pieces of a bucket")?,
+                len: len as u64,
+            })
+        })
+        .collect()
 }
 
 /// Device address of element 0 of a contiguous f32 CUDA tensor.
@@ -114,7 +143,16 @@ impl DeviceBuckets {
             GradDtype::Bf16 => Buckets::Bf16(alloc(&dev, lens)?),
             GradDtype::F32 => Buckets::F32(alloc(&dev, lens)?),
         };
-        Ok(Some(Self { dev, buckets }))
+        Ok(Some(Self { dev, buckets, tables: None }))
+    }
+
+    /// The buckets and their offset tables (uploaded the first time).
+    fn parts(&mut self, plan: &[Vec<Piece>], vars: &[Var]) -> anyhow::Result<Parts<'_>> {
+        if self.tables.is_none() {
+            self.tables = Some(bucket_tables(&self.dev, plan, vars)?);
+        }
+        let tables = self.tables.as_deref().unwrap_or_default();
+        Ok(Parts { dev: &self.dev, buckets: &mut self.buckets, tables })
     }
 
     /// Packs `grads` of `vars` by `plan`, sums over the ranks, and returns the
@@ -127,14 +165,16 @@ impl DeviceBuckets {
         comm: &Comm,
         scale: f32,
     ) -> anyhow::Result<(Vec<Tensor>, usize)> {
-        match &mut self.buckets {
-            Buckets::F16(b) => exchange_in(&self.dev, b, plan, vars, grads, comm, scale),
-            Buckets::Bf16(b) => exchange_in(&self.dev, b, plan, vars, grads, comm, scale),
-            Buckets::F32(b) => exchange_in(&self.dev, b, plan, vars, grads, comm, scale),
+        let Parts { dev, buckets, tables } = self.parts(plan, vars)?;
+        let run = Run { dev, tables, plan, vars, comm, scale };
+        match buckets {
+            Buckets::F16(b) => run.after_backward(b, grads),
+            Buckets::Bf16(b) => run.after_backward(b, grads),
+            Buckets::F32(b) => run.after_backward(b, grads),
         }
     }
 
-    /// As `exchange`, overlapped with `backward` (see `exchange_overlapped_in`);
+    /// As `exchange`, overlapped with `backward` (see `Run::overlapped`);
     /// `ready[b]` is the stage after which bucket b is complete. Returns what
     /// `backward` returned, the mean gradients and the non-finite count.
     #[allow(clippy::too_many_arguments)]
@@ -148,14 +188,31 @@ impl DeviceBuckets {
         scale: f32,
         backward: &mut Backward<'_, R>,
     ) -> anyhow::Result<(R, Vec<Tensor>, usize)> {
-        match &mut self.buckets {
-            Buckets::F16(b) => exchange_overlapped_in(&self.dev, b, plan, ready, stage_of, vars, comm, scale, backward),
-            Buckets::Bf16(b) => {
-                exchange_overlapped_in(&self.dev, b, plan, ready, stage_of, vars, comm, scale, backward)
-            }
-            Buckets::F32(b) => exchange_overlapped_in(&self.dev, b, plan, ready, stage_of, vars, comm, scale, backward),
+        let Parts { dev, buckets, tables } = self.parts(plan, vars)?;
+        let run = Run { dev, tables, plan, vars, comm, scale };
+        match buckets {
+            Buckets::F16(b) => run.overlapped(b, ready, stage_of, backward),
+            Buckets::Bf16(b) => run.overlapped(b, ready, stage_of, backward),
+            Buckets::F32(b) => run.overlapped(b, ready, stage_of, backward),
         }
     }
+}
+
+/// The buckets and their tables, borrowed apart.
+struct Parts<'a> {
+    dev: &'a CudaDevice,
+    buckets: &'a mut Buckets,
+    tables: &'a [BucketTables],
+}
+
+/// One step's exchange: what every part of it reads.
+struct Run<'a> {
+    dev: &'a CudaDevice,
+    tables: &'a [BucketTables],
+    plan: &'a [Vec<Piece>],
+    vars: &'a [Var],
+    comm: &'a Comm,
+    scale: f32,
 }
 
 /// Gradients to read, contiguous, in exchange order (zeros for parameters
@@ -172,133 +229,117 @@ fn gradient_inputs(vars: &[Var], grads: &GradStore) -> anyhow::Result<(Vec<Tenso
     Ok((inputs, addresses))
 }
 
-/// Packs bucket `pieces` from the gradients at `addresses` (by parameter)
-/// on candle's stream: one launch.
-fn pack_bucket<T: DeviceWire>(
-    dev: &CudaDevice,
-    pieces: &[Piece],
-    addresses: &[u64],
-    bucket: &mut CudaSlice<T>,
-    scale: f32,
-) -> anyhow::Result<()> {
-    let pack = dev.get_or_load_custom_func(T::PACK, MODULE, PTX)?;
-    let BucketLaunch { grid, table: (srcs, offs, at), pieces, len } = bucket_launch(dev, pieces, addresses)?;
-    let mut b = pack.builder();
-    b.arg(&srcs).arg(&offs).arg(&at).arg(&pieces).arg(&mut *bucket).arg(&len).arg(&scale);
-    // SAFETY: arguments match T::PACK in kernels/pack.cu; every address is a live gradient.
-    unsafe { b.launch(grid) }.w()?;
-    Ok(())
-}
-
-/// Unpacks every bucket into fresh f32 gradients on candle's stream, which
-/// waits for NCCL's sums (cudarc orders a buffer's uses across streams);
-/// returns them and the count of non-finite values (the one host sync).
-fn unpack_all<T: DeviceWire>(
-    dev: &CudaDevice,
-    buckets: &[CudaSlice<T>],
-    plan: &[Vec<Piece>],
-    vars: &[Var],
-) -> anyhow::Result<(Vec<Tensor>, usize)> {
-    let outputs: Vec<CudaSlice<f32>> =
-        vars.iter().map(|v| dev.alloc_zeros::<f32>(v.elem_count())).collect::<candle_core::Result<_>>()?;
-    let out_addr: Vec<u64> = outputs.iter().map(|o| o.device_ptr(o.stream()).0).collect();
-    let mut nonfinite = dev.alloc_zeros::<u64>(1)?;
-    let unpack = dev.get_or_load_custom_func(T::UNPACK, MODULE, PTX)?;
-    for (pieces, bucket) in plan.iter().zip(buckets.iter()) {
-        let BucketLaunch { grid, table: (dsts, offs, at), pieces, len } = bucket_launch(dev, pieces, &out_addr)?;
-        let mut b = unpack.builder();
-        b.arg(bucket).arg(&len).arg(&dsts).arg(&offs).arg(&at).arg(&pieces).arg(&mut nonfinite);
-        // SAFETY: arguments match T::UNPACK in kernels/pack.cu; every address is a live output.
-        unsafe { b.launch(grid) }.w()?;
+impl Run<'_> {
+    /// Packs bucket `b` from the gradients at `addresses` (by parameter) on
+    /// candle's stream: one upload of its pieces' addresses, one launch.
+    fn pack<T: DeviceWire>(&self, b: usize, addresses: &[u64], bucket: &mut CudaSlice<T>) -> anyhow::Result<()> {
+        let t = &self.tables[b];
+        let srcs: Vec<u64> = self.plan[b].iter().map(|p| addresses[p.param]).collect();
+        let srcs = self.dev.clone_htod(&srcs)?;
+        let pack = self.dev.get_or_load_custom_func(T::PACK, MODULE, PTX)?;
+        let mut l = pack.builder();
+        l.arg(&srcs).arg(&t.src_off).arg(&t.bucket_off).arg(&t.pieces).arg(&mut *bucket).arg(&t.len).arg(&self.scale);
+        // SAFETY: arguments match T::PACK in kernels/pack.cu; every address is a live gradient.
+        unsafe { l.launch(t.grid) }.w()?;
+        Ok(())
     }
-    let count = dev.clone_dtoh(&nonfinite)?[0] as usize;
-    let means = vars
-        .iter()
-        .zip(outputs)
-        .map(|(v, o)| {
-            Tensor::from_storage(
-                Storage::Cuda(CudaStorage::wrap_cuda_slice(o, dev.clone())),
-                v.shape(),
-                BackpropOp::none(),
-                false,
-            )
-        })
-        .collect();
-    Ok((means, count))
-}
 
-/// The exchange through `buckets` of wire type `T`, after backward.
-fn exchange_in<T: DeviceWire>(
-    dev: &CudaDevice,
-    buckets: &mut [CudaSlice<T>],
-    plan: &[Vec<Piece>],
-    vars: &[Var],
-    grads: &GradStore,
-    comm: &Comm,
-    scale: f32,
-) -> anyhow::Result<(Vec<Tensor>, usize)> {
-    let nccl = comm.nccl().ok_or_else(|| anyhow::anyhow!("exchange: device buckets without NCCL"))?;
-    let (inputs, in_addr) = gradient_inputs(vars, grads)?;
-    for (pieces, bucket) in plan.iter().zip(buckets.iter_mut()) {
-        pack_bucket(dev, pieces, &in_addr, bucket, scale)?;
-        nccl.all_reduce_sum_device(bucket)?;
+    /// Unpacks every bucket into one fresh f32 buffer on candle's stream,
+    /// which waits for NCCL's sums (cudarc orders a buffer's uses across
+    /// streams); returns each parameter's mean gradient (a view of that
+    /// buffer) and the count of non-finite values (the one host sync).
+    fn unpack_all<T: DeviceWire>(&self, buckets: &[CudaSlice<T>]) -> anyhow::Result<(Vec<Tensor>, usize)> {
+        let (starts, total) = gradient_starts(self.vars);
+        let mut out = self.dev.alloc_zeros::<f32>(total.max(1))?;
+        let mut nonfinite = self.dev.alloc_zeros::<u64>(1)?;
+        let unpack = self.dev.get_or_load_custom_func(T::UNPACK, MODULE, PTX)?;
+        for (t, bucket) in self.tables.iter().zip(buckets) {
+            let mut l = unpack.builder();
+            l.arg(bucket).arg(&t.len).arg(&mut out).arg(&t.out_off).arg(&t.bucket_off).arg(&t.pieces);
+            l.arg(&mut nonfinite);
+            // SAFETY: arguments match T::UNPACK in kernels/pack.cu; every offset lies inside `out`.
+            unsafe { l.launch(t.grid) }.w()?;
+        }
+        let count = self.dev.clone_dtoh(&nonfinite)?[0] as usize;
+        let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, self.dev.clone()));
+        let flat = Tensor::from_storage(storage, total.max(1), BackpropOp::none(), false);
+        let means = self
+            .vars
+            .iter()
+            .zip(starts)
+            .map(|(v, at)| flat.narrow(0, at, v.elem_count())?.reshape(v.shape()))
+            .collect::<candle_core::Result<_>>()?;
+        Ok((means, count))
     }
-    let out = unpack_all(dev, buckets, plan, vars)?;
-    drop(inputs);
-    Ok(out)
-}
 
-/// The exchange through `buckets` of wire type `T`, overlapped with
-/// backward. `backward` runs the backward pass stage by stage, handing each
-/// stage's gradients to the hook it is given as soon as their kernels are
-/// queued; the hook packs every bucket whose last stage that was, on
-/// candle's stream, and queues its sum on NCCL's own stream without waiting,
-/// so that NCCL sums one bucket while the GPU computes the next stages.
-#[allow(clippy::too_many_arguments)]
-fn exchange_overlapped_in<T: DeviceWire, R>(
-    dev: &CudaDevice,
-    buckets: &mut [CudaSlice<T>],
-    plan: &[Vec<Piece>],
-    ready: &[usize],
-    stage_of: &[Option<usize>],
-    vars: &[Var],
-    comm: &Comm,
-    scale: f32,
-    backward: &mut Backward<'_, R>,
-) -> anyhow::Result<(R, Vec<Tensor>, usize)> {
-    let nccl = comm.nccl().ok_or_else(|| anyhow::anyhow!("exchange: device buckets without NCCL"))?;
-    let fail = |e: anyhow::Error| candle_core::Error::Msg(format!("{e:#}"));
-    // Each parameter's gradient as it arrives, kept alive until the sums are read.
-    let mut inputs: Vec<Option<Tensor>> = vec![None; vars.len()];
-    let mut addresses = vec![0u64; vars.len()];
-    let mut next = 0;
-    let out = {
-        let mut hook = |stage: usize, store: GradStore| -> candle_core::Result<()> {
-            for (i, g) in stage_grads(vars, stage_of, stage, &store)? {
-                let g = g.contiguous()?;
-                addresses[i] = f32_address(&g).map_err(fail)?;
-                inputs[i] = Some(g);
-            }
-            // Buckets go in plan order, each once its lowest stage is done.
-            while next < plan.len() && ready[next] >= stage {
-                for p in &plan[next] {
-                    if inputs[p.param].is_none() {
-                        // A parameter the loss does not reach: zeros, as after backward.
-                        let z = vars[p.param].as_tensor().zeros_like()?;
-                        addresses[p.param] = f32_address(&z).map_err(fail)?;
-                        inputs[p.param] = Some(z);
-                    }
+    /// The exchange through `buckets` of wire type `T`, after backward:
+    /// every bucket packed and its sum queued, nothing waited for until the
+    /// count is read.
+    fn after_backward<T: DeviceWire>(
+        &self,
+        buckets: &mut [CudaSlice<T>],
+        grads: &GradStore,
+    ) -> anyhow::Result<(Vec<Tensor>, usize)> {
+        let nccl = self.comm.nccl().ok_or_else(|| anyhow::anyhow!("exchange: device buckets without NCCL"))?;
+        let (inputs, in_addr) = gradient_inputs(self.vars, grads)?;
+        for (b, bucket) in buckets.iter_mut().enumerate() {
+            self.pack(b, &in_addr, bucket)?;
+            nccl.all_reduce_sum_device_queued(bucket)?;
+        }
+        let out = self.unpack_all(buckets)?;
+        drop(inputs);
+        Ok(out)
+    }
+
+    /// The exchange through `buckets` of wire type `T`, overlapped with
+    /// backward. `backward` runs the backward pass stage by stage, handing
+    /// each stage's gradients to the hook it is given as soon as their
+    /// kernels are queued; the hook packs every bucket whose last stage that
+    /// was, on candle's stream, and queues its sum on NCCL's own stream
+    /// without waiting, so that NCCL sums one bucket while the GPU computes
+    /// the next stages.
+    fn overlapped<T: DeviceWire, R>(
+        &self,
+        buckets: &mut [CudaSlice<T>],
+        ready: &[usize],
+        stage_of: &[Option<usize>],
+        backward: &mut Backward<'_, R>,
+    ) -> anyhow::Result<(R, Vec<Tensor>, usize)> {
+        let (plan, vars) = (self.plan, self.vars);
+        let nccl = self.comm.nccl().ok_or_else(|| anyhow::anyhow!("exchange: device buckets without NCCL"))?;
+        let fail = |e: anyhow::Error| candle_core::Error::Msg(format!("{e:#}"));
+        // Each parameter's gradient as it arrives, kept alive until the sums are read.
+        let mut inputs: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let mut addresses = vec![0u64; vars.len()];
+        let mut next = 0;
+        let out = {
+            let mut hook = |stage: usize, store: GradStore| -> candle_core::Result<()> {
+                for (i, g) in stage_grads(vars, stage_of, stage, &store)? {
+                    let g = g.contiguous()?;
+                    addresses[i] = f32_address(&g).map_err(fail)?;
+                    inputs[i] = Some(g);
                 }
-                pack_bucket(dev, &plan[next], &addresses, &mut buckets[next], scale).map_err(fail)?;
-                nccl.all_reduce_sum_device_queued(&mut buckets[next]).map_err(fail)?;
-                next += 1;
-            }
-            Ok(())
+                // Buckets go in plan order, each once its lowest stage is done.
+                while next < plan.len() && ready[next] >= stage {
+                    for p in &plan[next] {
+                        if inputs[p.param].is_none() {
+                            // A parameter the loss does not reach: zeros, as after backward.
+                            let z = vars[p.param].as_tensor().zeros_like()?;
+                            addresses[p.param] = f32_address(&z).map_err(fail)?;
+                            inputs[p.param] = Some(z);
+                        }
+                    }
+                    self.pack(next, &addresses, &mut buckets[next]).map_err(fail)?;
+                    nccl.all_reduce_sum_device_queued(&mut buckets[next]).map_err(fail)?;
+                    next += 1;
+                }
+                Ok(())
+            };
+            backward(&mut hook)?
         };
-        backward(&mut hook)?
-    };
-    anyhow::ensure!(next == plan.len(), "exchange: backward ended with {} of {} buckets sent", next, plan.len());
-    let (means, count) = unpack_all(dev, buckets, plan, vars)?;
-    drop(inputs);
-    Ok((out, means, count))
+        anyhow::ensure!(next == plan.len(), "exchange: backward ended with {} of {} buckets sent", next, plan.len());
+        let (means, count) = self.unpack_all(buckets)?;
+        drop(inputs);
+        Ok((out, means, count))
+    }
 }

@@ -40,11 +40,11 @@ void host_col2im(const float *cols, float *dx, int images, int c, int h, int w, 
         launch(blocks_for(len, block), block,                                                                       \
                [&] { pack_##NAME(srcs, src_off, bucket_off, pieces, (W *)bucket, len, scale); });                  \
     }                                                                                                               \
-    void host_unpack_##NAME(const void *bucket, unsigned long long len, const unsigned long long *dsts,            \
-                            const unsigned long long *dst_off, const unsigned long long *bucket_off, int pieces,   \
+    void host_unpack_##NAME(const void *bucket, unsigned long long len, float *out,                                \
+                            const unsigned long long *out_off, const unsigned long long *bucket_off, int pieces,   \
                             unsigned long long *nonfinite, unsigned block) {                                        \
         launch(blocks_for(len, block), block,                                                                       \
-               [&] { unpack_##NAME((const W *)bucket, len, dsts, dst_off, bucket_off, pieces, nonfinite); });     \
+               [&] { unpack_##NAME((const W *)bucket, len, out, out_off, bucket_off, pieces, nonfinite); });      \
     }
 
 HOST_PACK(f16, __half)
