@@ -10,9 +10,9 @@
 //! No sum is waited for on the host: after backward or overlapped with it,
 //! the sums are queued, and the one read of the count at the end is the
 //! step's only synchronisation. The offset tables are uploaded once (the
-//! plan does not change); each step uploads, per bucket, the addresses of
-//! its pieces' gradients (candle allocates them anew), and nothing else
-//! crosses to the host but the count.
+//! plan does not change); each step copies, per bucket, the addresses of
+//! its pieces' gradients (candle allocates them anew) into a table
+//! allocated once, and nothing else crosses to the host but the count.
 
 use candle_core::backprop::GradStore;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -71,9 +71,11 @@ pub struct DeviceBuckets {
 /// What the pack and the unpack kernel of one bucket take that does not
 /// change from step to step: the grid (a thread per element), each piece's
 /// offset in its gradient, in the bucket and in the unpacked buffer, the
-/// piece count and the bucket's length.
+/// piece count and the bucket's length; and the table the pieces'
+/// gradient addresses are copied into each step.
 struct BucketTables {
     grid: LaunchConfig,
+    srcs: CudaSlice<u64>,
     src_off: CudaSlice<u64>,
     bucket_off: CudaSlice<u64>,
     out_off: CudaSlice<u64>,
@@ -106,6 +108,7 @@ fn bucket_tables(dev: &CudaDevice, plan: &[Vec<Piece>], vars: &[Var]) -> anyhow:
             let len: usize = pieces.iter().map(|p| p.len).sum();
             Ok(BucketTables {
                 grid: one_thread_per_element(len, "exchange: a gradient bucket (use a smaller --bucket-mb)")?,
+                srcs: dev.alloc_zeros::<u64>(pieces.len().max(1))?,
                 src_off: upload(&|p| p.param_offset, pieces)?,
                 bucket_off: upload(&|p| p.bucket_offset, pieces)?,
                 out_off: upload(&|p| starts[p.param] + p.param_offset, pieces)?,
@@ -151,7 +154,7 @@ impl DeviceBuckets {
         if self.tables.is_none() {
             self.tables = Some(bucket_tables(&self.dev, plan, vars)?);
         }
-        let tables = self.tables.as_deref().unwrap_or_default();
+        let tables = self.tables.as_deref_mut().unwrap_or_default();
         Ok(Parts { dev: &self.dev, buckets: &mut self.buckets, tables })
     }
 
@@ -166,7 +169,7 @@ impl DeviceBuckets {
         scale: f32,
     ) -> anyhow::Result<(Vec<Tensor>, usize)> {
         let Parts { dev, buckets, tables } = self.parts(plan, vars)?;
-        let run = Run { dev, tables, plan, vars, comm, scale };
+        let mut run = Run { dev, tables, plan, vars, comm, scale };
         match buckets {
             Buckets::F16(b) => run.after_backward(b, grads),
             Buckets::Bf16(b) => run.after_backward(b, grads),
@@ -189,7 +192,7 @@ impl DeviceBuckets {
         backward: &mut Backward<'_, R>,
     ) -> anyhow::Result<(R, Vec<Tensor>, usize)> {
         let Parts { dev, buckets, tables } = self.parts(plan, vars)?;
-        let run = Run { dev, tables, plan, vars, comm, scale };
+        let mut run = Run { dev, tables, plan, vars, comm, scale };
         match buckets {
             Buckets::F16(b) => run.overlapped(b, ready, stage_of, backward),
             Buckets::Bf16(b) => run.overlapped(b, ready, stage_of, backward),
@@ -202,13 +205,13 @@ impl DeviceBuckets {
 struct Parts<'a> {
     dev: &'a CudaDevice,
     buckets: &'a mut Buckets,
-    tables: &'a [BucketTables],
+    tables: &'a mut [BucketTables],
 }
 
 /// One step's exchange: what every part of it reads.
 struct Run<'a> {
     dev: &'a CudaDevice,
-    tables: &'a [BucketTables],
+    tables: &'a mut [BucketTables],
     plan: &'a [Vec<Piece>],
     vars: &'a [Var],
     comm: &'a Comm,
@@ -231,14 +234,17 @@ fn gradient_inputs(vars: &[Var], grads: &GradStore) -> anyhow::Result<(Vec<Tenso
 
 impl Run<'_> {
     /// Packs bucket `b` from the gradients at `addresses` (by parameter) on
-    /// candle's stream: one upload of its pieces' addresses, one launch.
-    fn pack<T: DeviceWire>(&self, b: usize, addresses: &[u64], bucket: &mut CudaSlice<T>) -> anyhow::Result<()> {
-        let t = &self.tables[b];
+    /// candle's stream: its pieces' addresses copied into the bucket's
+    /// table, one launch.
+    fn pack<T: DeviceWire>(&mut self, b: usize, addresses: &[u64], bucket: &mut CudaSlice<T>) -> anyhow::Result<()> {
+        let t = &mut self.tables[b];
         let srcs: Vec<u64> = self.plan[b].iter().map(|p| addresses[p.param]).collect();
-        let srcs = self.dev.clone_htod(&srcs)?;
+        if !srcs.is_empty() {
+            self.dev.memcpy_htod(srcs.as_slice(), &mut t.srcs)?;
+        }
         let pack = self.dev.get_or_load_custom_func(T::PACK, MODULE, PTX)?;
         let mut l = pack.builder();
-        l.arg(&srcs).arg(&t.src_off).arg(&t.bucket_off).arg(&t.pieces).arg(&mut *bucket).arg(&t.len).arg(&self.scale);
+        l.arg(&t.srcs).arg(&t.src_off).arg(&t.bucket_off).arg(&t.pieces).arg(&mut *bucket).arg(&t.len).arg(&self.scale);
         // SAFETY: arguments match T::PACK in kernels/pack.cu; every address is a live gradient.
         unsafe { l.launch(t.grid) }.w()?;
         Ok(())
@@ -276,7 +282,7 @@ impl Run<'_> {
     /// every bucket packed and its sum queued, nothing waited for until the
     /// count is read.
     fn after_backward<T: DeviceWire>(
-        &self,
+        &mut self,
         buckets: &mut [CudaSlice<T>],
         grads: &GradStore,
     ) -> anyhow::Result<(Vec<Tensor>, usize)> {
@@ -299,14 +305,14 @@ impl Run<'_> {
     /// without waiting, so that NCCL sums one bucket while the GPU computes
     /// the next stages.
     fn overlapped<T: DeviceWire, R>(
-        &self,
+        &mut self,
         buckets: &mut [CudaSlice<T>],
         ready: &[usize],
         stage_of: &[Option<usize>],
         backward: &mut Backward<'_, R>,
     ) -> anyhow::Result<(R, Vec<Tensor>, usize)> {
-        let (plan, vars) = (self.plan, self.vars);
-        let nccl = self.comm.nccl().ok_or_else(|| anyhow::anyhow!("exchange: device buckets without NCCL"))?;
+        let (plan, vars, comm) = (self.plan, self.vars, self.comm);
+        let nccl = comm.nccl().ok_or_else(|| anyhow::anyhow!("exchange: device buckets without NCCL"))?;
         let fail = |e: anyhow::Error| candle_core::Error::Msg(format!("{e:#}"));
         // Each parameter's gradient as it arrives, kept alive until the sums are read.
         let mut inputs: Vec<Option<Tensor>> = vec![None; vars.len()];

@@ -350,6 +350,9 @@ impl Conv2dOp {
         bias: Option<(&CudaStorage, &Layout)>,
     ) -> Result<(CudaStorage, Shape)> {
         let d = Dims::new(x.1, w.1, self.g)?;
+        if let Some((_, l)) = bias.filter(|(_, l)| l.shape().elem_count() != d.oc) {
+            candle_core::bail!("conv2d_gemm: bias of {} values for {} output channels", l.shape().elem_count(), d.oc);
+        }
         let y = conv_cuda::forward(x, w, bias, &d, self.relu)?;
         Ok((y, Shape::from((d.n, d.oc, d.oh, d.ow))))
     }

@@ -40,12 +40,12 @@ impl Columns for CudaStorage {
         let x = self.as_cuda_slice::<f32>()?.slice(offset + images.start * chw..offset + images.end * chw);
         let len = d.ckk() * images.len() * d.ohw();
         // SAFETY: the kernel writes every element.
-        let cols = unsafe { dev.alloc::<f32>(len)? };
+        let mut cols = unsafe { dev.alloc::<f32>(len)? };
         let func = dev.get_or_load_custom_func("im2col_f32", MODULE, PTX)?;
         let grid = one_thread_per_element(len, "conv2d im2col")?;
         let sizes = sizes(d, images.len())?;
         let mut b = func.builder();
-        b.arg(&x).arg(&cols);
+        b.arg(&x).arg(&mut cols);
         for s in &sizes {
             b.arg(s);
         }
