@@ -207,3 +207,12 @@ pub fn col2im_all(cols: &[f32], (n, c, h, w): (usize, usize, usize, usize), g: G
     col2im(cols, &Dims::of(n, c, h, w, 1, g), 0..n, &mut dx);
     dx
 }
+
+/// Which gradients backward computes besides the weight's.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wanted {
+    /// The input's: not for a network's first layer, whose input is data
+    /// (the input-gradient GEMM and col2im are a third of a layer's work).
+    pub(crate) dx: bool,
+    pub(crate) db: bool,
+}

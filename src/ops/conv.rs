@@ -26,7 +26,7 @@ use std::ops::Range;
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
-use super::columns::{col2im, im2col, Dims, MIN_GROUP_COLUMNS};
+use super::columns::{col2im, im2col, Dims, Wanted, MIN_GROUP_COLUMNS};
 pub use super::columns::{col2im_all, im2col_all, Geometry};
 use super::conv_cuda;
 use super::cpu_slice::f32_slice;
@@ -263,15 +263,6 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-/// Which gradients backward computes besides the weight's.
-#[derive(Clone, Copy, Debug)]
-struct Wanted {
-    /// The input's: not for a network's first layer, whose input is data
-    /// (the input-gradient GEMM and col2im are a third of a layer's work).
-    dx: bool,
-    db: bool,
-}
-
 /// The convolution as one graph node: on (x, weight), or (x, weight, bias).
 struct Conv2dOp {
     g: Geometry,
@@ -451,8 +442,7 @@ impl CustomOp3 for Conv2dGrad {
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let d = Dims::new(l1, l2, self.g)?;
-        let wanted = (self.wanted.dx, self.wanted.db);
-        let (dx, dw, db) = conv_cuda::backward((s1, l1), (s2, l2), (s3, l3), &d, wanted)?;
+        let (dx, dw, db) = conv_cuda::backward((s1, l1), (s2, l2), (s3, l3), &d, self.wanted)?;
         self.param_grads.put((Storage::Cuda(dw), db.map(Storage::Cuda)));
         Ok((dx, self.dx_shape(l1)))
     }

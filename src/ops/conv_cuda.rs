@@ -5,32 +5,43 @@
 use std::ops::Range;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CudaStorage, Layout, Result};
+use candle_core::{CudaDevice, CudaStorage, Layout, Result};
 
-use super::columns::Dims;
+use super::columns::{Dims, Wanted};
 use super::conv_device::{self, Columns};
 use super::grid_cuda::{int_arg, one_thread_per_element};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/conv.ptx"));
 const MODULE: &str = "candle_mpi_conv";
 
-/// The kernels' sizes after the two buffers: images, C, H, W, k, stride,
-/// padding, OH, OW.
-fn sizes(d: &Dims, images: usize) -> Result<[i32; 9]> {
+/// Runs `kernel` of kernels/conv.cu (im2col_f32 or col2im_f32), one thread
+/// per element of `out`, from `input`, for a group of `images` images.
+fn launch(
+    dev: &CudaDevice,
+    kernel: &str,
+    input: &CudaView<'_, f32>,
+    out: &mut CudaViewMut<'_, f32>,
+    d: &Dims,
+    images: usize,
+) -> Result<()> {
     let op = "conv2d on the GPU";
-    Ok([
-        int_arg(images, op)?,
-        int_arg(d.c, op)?,
-        int_arg(d.h, op)?,
-        int_arg(d.w, op)?,
-        int_arg(d.g.kernel, op)?,
-        int_arg(d.g.stride, op)?,
-        int_arg(d.g.padding, op)?,
-        int_arg(d.oh, op)?,
-        int_arg(d.ow, op)?,
-    ])
+    let sizes = [images, d.c, d.h, d.w, d.g.kernel, d.g.stride, d.g.padding, d.oh, d.ow]
+        .map(|v| int_arg(v, op))
+        .into_iter()
+        .collect::<Result<Vec<i32>>>()?;
+    let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
+    let grid = one_thread_per_element(out.len(), op)?;
+    let mut b = func.builder();
+    b.arg(input).arg(out);
+    for s in &sizes {
+        b.arg(s);
+    }
+    // SAFETY: the arguments match the kernel's signature in kernels/conv.cu
+    // (two buffers, then the nine sizes); both views hold the group's images.
+    unsafe { b.launch(grid) }.w()?;
+    Ok(())
 }
 
 impl Columns for CudaStorage {
@@ -41,35 +52,16 @@ impl Columns for CudaStorage {
         let len = d.ckk() * images.len() * d.ohw();
         // SAFETY: the kernel writes every element.
         let mut cols = unsafe { dev.alloc::<f32>(len)? };
-        let func = dev.get_or_load_custom_func("im2col_f32", MODULE, PTX)?;
-        let grid = one_thread_per_element(len, "conv2d im2col")?;
-        let sizes = sizes(d, images.len())?;
-        let mut b = func.builder();
-        b.arg(&x).arg(&mut cols);
-        for s in &sizes {
-            b.arg(s);
-        }
-        // SAFETY: the arguments match im2col_f32 in kernels/conv.cu; x holds the group's images.
-        unsafe { b.launch(grid) }.w()?;
+        launch(&dev, "im2col_f32", &x, &mut cols.slice_mut(..), d, images.len())?;
         Ok(CudaStorage::wrap_cuda_slice(cols, dev))
     }
 
     fn col2im_into(&self, d: &Dims, images: Range<usize>, dx: &mut Self) -> Result<()> {
         let dev = self.device().clone();
         let chw = d.c * d.hw();
-        let cols = self.as_cuda_slice::<f32>()?;
+        let cols = self.as_cuda_slice::<f32>()?.slice(..);
         let mut out = dx.as_cuda_slice_mut::<f32>()?.slice_mut(images.start * chw..images.end * chw);
-        let func = dev.get_or_load_custom_func("col2im_f32", MODULE, PTX)?;
-        let grid = one_thread_per_element(images.len() * chw, "conv2d col2im")?;
-        let sizes = sizes(d, images.len())?;
-        let mut b = func.builder();
-        b.arg(cols).arg(&mut out);
-        for s in &sizes {
-            b.arg(s);
-        }
-        // SAFETY: the arguments match col2im_f32 in kernels/conv.cu; out holds the group's images.
-        unsafe { b.launch(grid) }.w()?;
-        Ok(())
+        launch(&dev, "col2im_f32", &cols, &mut out, d, images.len())
     }
 }
 
@@ -80,7 +72,7 @@ pub fn forward(
     d: &Dims,
     relu: bool,
 ) -> Result<CudaStorage> {
-    conv_device::forward(x, weight, bias, d, (relu, conv_device::COLUMN_BYTES))
+    conv_device::forward(x, weight, bias, d, relu, conv_device::COLUMN_BYTES)
 }
 
 pub fn backward(
@@ -88,7 +80,7 @@ pub fn backward(
     weight: (&CudaStorage, &Layout),
     dy: (&CudaStorage, &Layout),
     d: &Dims,
-    wanted: (bool, bool),
+    wanted: Wanted,
 ) -> Result<(CudaStorage, CudaStorage, Option<CudaStorage>)> {
-    conv_device::backward(x, weight, dy, d, (wanted.0, wanted.1, conv_device::COLUMN_BYTES))
+    conv_device::backward(x, weight, dy, d, wanted, conv_device::COLUMN_BYTES)
 }

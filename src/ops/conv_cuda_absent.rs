@@ -4,7 +4,7 @@
 
 use candle_core::{CudaStorage, Layout, Result};
 
-use super::columns::Dims;
+use super::columns::{Dims, Wanted};
 
 fn absent(d: &Dims) -> candle_core::Error {
     candle_core::Error::Msg(format!(
@@ -28,7 +28,7 @@ pub fn backward(
     _weight: (&CudaStorage, &Layout),
     _dy: (&CudaStorage, &Layout),
     d: &Dims,
-    _wanted: (bool, bool),
+    _wanted: Wanted,
 ) -> Result<(CudaStorage, CudaStorage, Option<CudaStorage>)> {
     Err(absent(d))
 }

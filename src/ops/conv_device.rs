@@ -21,7 +21,7 @@ use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::op::{Add, ReduceOp, Relu};
 use candle_core::{CpuStorage, DType, Layout, Result, Shape};
 
-use super::columns::{col2im, im2col, Dims};
+use super::columns::{col2im, im2col, Dims, Wanted};
 use super::cpu_slice::f32_storage;
 
 /// What a storage adds to candle's backend for the convolution: its column
@@ -81,7 +81,8 @@ pub fn forward<S: Columns>(
     weight: (&S, &Layout),
     bias: Option<(&S, &Layout)>,
     d: &Dims,
-    (relu, column_bytes): (bool, usize),
+    relu: bool,
+    column_bytes: usize,
 ) -> Result<S> {
     let (oc, ohw, ckk) = (d.oc, d.ohw(), d.ckk());
     let (x_at, w_at) = (start(x.1, "input")?, start(weight.1, "weight")?);
@@ -106,20 +107,21 @@ pub fn forward<S: Columns>(
     Ok(y)
 }
 
-/// The gradients from dy (N, OC, OH, OW): dx (N, C, H, W) where `want_dx`,
-/// else a placeholder; dW (OC, C, k, k); db (OC) where `want_db`; column
+/// The gradients from dy (N, OC, OH, OW): dx (N, C, H, W) where wanted,
+/// else a placeholder; dW (OC, C, k, k); db (OC) where wanted; column
 /// matrices of at most `column_bytes`.
 pub fn backward<S: Columns>(
     x: (&S, &Layout),
     weight: (&S, &Layout),
     dy: (&S, &Layout),
     d: &Dims,
-    (want_dx, want_db, column_bytes): (bool, bool, usize),
+    wanted: Wanted,
+    column_bytes: usize,
 ) -> Result<(S, S, Option<S>)> {
     let (oc, ohw, ckk) = (d.oc, d.ohw(), d.ckk());
     let (x_at, w_at, dy_at) = (start(x.1, "input")?, start(weight.1, "weight")?, start(dy.1, "output gradient")?);
     let dev = x.0.device();
-    let mut dx: S = zeros(dev, if want_dx { d.n * d.c * d.hw() } else { 0 })?;
+    let mut dx: S = zeros(dev, if wanted.dx { d.n * d.c * d.hw() } else { 0 })?;
     // W^T (C*k*k, OC) as a transposed view of W.
     let w_t = Layout::contiguous_with_offset((oc, ckk), w_at).transpose(0, 1)?;
     let mut dw: Option<S> = None;
@@ -139,7 +141,7 @@ pub fn backward<S: Columns>(
             None => part,
             Some(sum) => sum.binary_impl::<Add>(&part, &whole, &whole)?,
         });
-        if want_dx {
+        if wanted.dx {
             let dcols = weight.0.matmul(&dy_g, (1, ckk, width, oc), &w_t, &dy_rows)?;
             dcols.col2im_into(d, images, &mut dx)?;
         }
@@ -148,7 +150,7 @@ pub fn backward<S: Columns>(
         Some(dw) => dw,
         None => zeros(dev, oc * ckk)?,
     };
-    let db = if want_db {
+    let db = if wanted.db {
         Some(dy.0.reduce_op(ReduceOp::Sum, &Layout::contiguous_with_offset((d.n, oc, ohw), dy_at), &[0, 2])?)
     } else {
         None
@@ -206,14 +208,14 @@ mod tests {
             let one_image = 4 * d.ckk() * d.ohw();
             for column_bytes in [one_image, COLUMN_BYTES] {
                 let what = format!("case {case}, {column_bytes} column bytes");
-                let ours = forward((&xs, &xl), (&ws, &wl), Some((&bs, &bl)), &d, (false, column_bytes)).unwrap();
+                let ours = forward((&xs, &xl), (&ws, &wl), Some((&bs, &bl)), &d, false, column_bytes).unwrap();
                 close(&values(&ours, y.elem_count()), &flat(&y), &format!("{what}: y"));
-                let relu = forward((&xs, &xl), (&ws, &wl), Some((&bs, &bl)), &d, (true, column_bytes)).unwrap();
+                let relu = forward((&xs, &xl), (&ws, &wl), Some((&bs, &bl)), &d, true, column_bytes).unwrap();
                 let relu_y: Vec<f32> = flat(&y).iter().map(|v| v.max(0.0)).collect();
                 close(&values(&relu, y.elem_count()), &relu_y, &format!("{what}: relu y"));
-                let want = (case != 3, true, column_bytes);
-                let (dx, dw, db) = backward((&xs, &xl), (&ws, &wl), (&rs, &rl), &d, want).unwrap();
-                if want.0 {
+                let want = Wanted { dx: case != 3, db: true };
+                let (dx, dw, db) = backward((&xs, &xl), (&ws, &wl), (&rs, &rl), &d, want, column_bytes).unwrap();
+                if want.dx {
                     close(&values(&dx, x.elem_count()), &flat(grads.get(&x).unwrap()), &format!("{what}: dx"));
                 }
                 close(&values(&dw, w.elem_count()), &flat(grads.get(&w).unwrap()), &format!("{what}: dw"));
