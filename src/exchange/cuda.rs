@@ -28,7 +28,7 @@ use crate::comm::{Comm, GradDtype};
 use crate::ops::grid_cuda::{int_arg, one_thread_per_element};
 
 use super::handover::{stage_grads, Backward};
-use super::plan::Piece;
+use super::plan::{bucket_lens, Piece};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/pack.ptx"));
 const MODULE: &str = "candle_mpi_pack";
@@ -64,8 +64,8 @@ enum Buckets {
 pub struct DeviceBuckets {
     dev: CudaDevice,
     buckets: Buckets,
-    /// The buckets' offset tables, uploaded at the first exchange.
-    tables: Option<Vec<BucketTables>>,
+    /// The buckets' offset tables, uploaded once.
+    tables: Vec<BucketTables>,
 }
 
 /// What the pack and the unpack kernel of one bucket take that does not
@@ -134,28 +134,26 @@ fn alloc<T: DeviceWire>(dev: &CudaDevice, lens: &[usize]) -> anyhow::Result<Vec<
 }
 
 impl DeviceBuckets {
-    /// Buckets of these lengths on the GPU, where the gradients live on one
+    /// The buckets of `plan` on the GPU, where the gradients live on one
     /// and travel by NCCL; None where they are packed on the host.
-    pub fn for_exchange(vars: &[Var], comm: &Comm, dtype: GradDtype, lens: &[usize]) -> anyhow::Result<Option<Self>> {
+    pub fn for_exchange(
+        vars: &[Var],
+        comm: &Comm,
+        dtype: GradDtype,
+        plan: &[Vec<Piece>],
+    ) -> anyhow::Result<Option<Self>> {
         let (Some(candle_core::Device::Cuda(dev)), Some(_)) = (vars.first().map(|v| v.device().clone()), comm.nccl())
         else {
             return Ok(None);
         };
+        let lens = bucket_lens(plan);
         let buckets = match dtype {
-            GradDtype::F16 => Buckets::F16(alloc(&dev, lens)?),
-            GradDtype::Bf16 => Buckets::Bf16(alloc(&dev, lens)?),
-            GradDtype::F32 => Buckets::F32(alloc(&dev, lens)?),
+            GradDtype::F16 => Buckets::F16(alloc(&dev, &lens)?),
+            GradDtype::Bf16 => Buckets::Bf16(alloc(&dev, &lens)?),
+            GradDtype::F32 => Buckets::F32(alloc(&dev, &lens)?),
         };
-        Ok(Some(Self { dev, buckets, tables: None }))
-    }
-
-    /// The buckets and their offset tables (uploaded the first time).
-    fn parts(&mut self, plan: &[Vec<Piece>], vars: &[Var]) -> anyhow::Result<Parts<'_>> {
-        if self.tables.is_none() {
-            self.tables = Some(bucket_tables(&self.dev, plan, vars)?);
-        }
-        let tables = self.tables.as_deref_mut().unwrap_or_default();
-        Ok(Parts { dev: &self.dev, buckets: &mut self.buckets, tables })
+        let tables = bucket_tables(&dev, plan, vars)?;
+        Ok(Some(Self { dev, buckets, tables }))
     }
 
     /// Packs `grads` of `vars` by `plan`, sums over the ranks, and returns the
@@ -168,7 +166,7 @@ impl DeviceBuckets {
         comm: &Comm,
         scale: f32,
     ) -> anyhow::Result<(Vec<Tensor>, usize)> {
-        let Parts { dev, buckets, tables } = self.parts(plan, vars)?;
+        let Self { dev, buckets, tables } = self;
         let mut run = Run { dev, tables, plan, vars, comm, scale };
         match buckets {
             Buckets::F16(b) => run.after_backward(b, grads),
@@ -191,7 +189,7 @@ impl DeviceBuckets {
         scale: f32,
         backward: &mut Backward<'_, R>,
     ) -> anyhow::Result<(R, Vec<Tensor>, usize)> {
-        let Parts { dev, buckets, tables } = self.parts(plan, vars)?;
+        let Self { dev, buckets, tables } = self;
         let mut run = Run { dev, tables, plan, vars, comm, scale };
         match buckets {
             Buckets::F16(b) => run.overlapped(b, ready, stage_of, backward),
@@ -199,13 +197,6 @@ impl DeviceBuckets {
             Buckets::F32(b) => run.overlapped(b, ready, stage_of, backward),
         }
     }
-}
-
-/// The buckets and their tables, borrowed apart.
-struct Parts<'a> {
-    dev: &'a CudaDevice,
-    buckets: &'a mut Buckets,
-    tables: &'a mut [BucketTables],
 }
 
 /// One step's exchange: what every part of it reads.

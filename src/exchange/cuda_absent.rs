@@ -17,7 +17,7 @@ impl DeviceBuckets {
         _vars: &[Var],
         _comm: &Comm,
         _dtype: GradDtype,
-        _lens: &[usize],
+        _plan: &[Vec<Piece>],
     ) -> anyhow::Result<Option<Self>> {
         Ok(None)
     }

@@ -174,7 +174,7 @@ impl GradExchange {
         let lens = bucket_lens(&plan);
         // Every rank takes the same branch: the start-up check compares
         // device-independent settings, and the device kind is one flag.
-        let placement = match DeviceBuckets::for_exchange(&vars, comm, dtype, &lens)? {
+        let placement = match DeviceBuckets::for_exchange(&vars, comm, dtype, &plan)? {
             Some(device) => Placement::Device(device),
             None => Placement::Host(WireBucket::allocate(comm, dtype, &lens, transport)?),
         };
