@@ -23,7 +23,9 @@ fn check(kind: ModelKind, image: usize, min_stages: usize) {
     let loss_of = |logits: &Tensor| candle_nn::loss::cross_entropy(logits, &y);
 
     let one_loss = loss_of(&net.forward_t(&x, true).unwrap()).unwrap();
-    let one = one_loss.backward().unwrap();
+    // The trainer's one-call backward (parameter gradients as our ops hand
+    // them over, as the staged backward takes them too).
+    let one = candle_mpi::ops::param_grads::backward(&one_loss).unwrap();
 
     let mut handed = vec![];
     let mut stores = vec![];

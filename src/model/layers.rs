@@ -180,11 +180,9 @@ pub fn linear(in_features: usize, out_features: usize, init: WeightInit, vb: Var
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // y = (W x^T)^T rather than x W^T: the weight's gradient then comes out
-        // of backward as a fresh contiguous matrix, not a transposed view, and
-        // candle accumulates it with a plain vector add instead of a strided
-        // one (docs/performance.md has what the strided add cost).
-        let y = self.weight.matmul(&x.t()?)?.t()?.broadcast_add(&self.bias)?;
+        // One node (ops/linear.rs): its parameter gradients skip candle's
+        // zero-filled accumulation.
+        let y = crate::ops::linear::linear(x, &self.weight, &self.bias)?;
         record_macs(y.elem_count() * self.in_features);
         Ok(y)
     }

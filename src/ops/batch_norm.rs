@@ -23,6 +23,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::handoff::HandOff;
+use super::param_grads::hand_over;
 
 /// Per-channel mean and (biased) variance of a forward pass.
 #[derive(Clone, Debug)]
@@ -263,7 +264,8 @@ impl CustomOp3 for BatchNormTrain {
         let dx = if Planes::new(x.layout(), "batch norm: input")?.channel_major { dx.transpose(0, 1)? } else { dx };
         let (dgamma, dbeta) = param_grads.take().expect("the gradient op leaves the parameter gradients");
         let c = dgamma.len();
-        Ok((Some(dx), Some(Tensor::from_vec(dgamma, c, x.device())?), Some(Tensor::from_vec(dbeta, c, x.device())?)))
+        let dgamma = hand_over(weight, Tensor::from_vec(dgamma, c, x.device())?);
+        Ok((Some(dx), dgamma, hand_over(bias, Tensor::from_vec(dbeta, c, x.device())?)))
     }
 }
 

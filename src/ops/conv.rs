@@ -32,6 +32,7 @@ use super::conv_cuda;
 use super::cpu_slice::f32_slice;
 use super::gemm_cpu::{matmul, Threads, View};
 use super::handoff::HandOff;
+use super::param_grads::hand_over;
 
 /// Each slice's GEMMs on its own thread where there are several slices;
 /// one slice gets every thread.
@@ -361,7 +362,7 @@ impl CustomOp2 for Conv2dOp {
     }
     fn bwd(&self, x: &Tensor, weight: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = self.grads(x, weight, y, dy, false)?;
-        Ok((dx, Some(dw)))
+        Ok((dx, hand_over(weight, dw)))
     }
 }
 
@@ -395,12 +396,12 @@ impl CustomOp3 for Conv2dOp {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, db) = self.grads(x, weight, y, dy, true)?;
-        Ok((dx, Some(dw), db))
+        Ok((dx, hand_over(weight, dw), db.and_then(|db| hand_over(bias, db))))
     }
 }
 

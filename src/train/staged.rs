@@ -14,6 +14,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
 use crate::model::network::Network;
+use crate::ops::param_grads;
 
 /// Forward and backward of `net` on `x`, stage by stage; `loss` turns the
 /// logits into the scalar to minimise. `ready(stage, grads)` is handed each
@@ -43,8 +44,8 @@ pub fn forward_backward(
     let mut upstream: Option<Tensor> = None;
     for i in (0..stages).rev() {
         let store = match upstream.take() {
-            None => loss.backward()?,
-            Some(g) => (&outputs[i] * g)?.sum_all()?.backward()?,
+            None => param_grads::backward(&loss)?,
+            Some(g) => param_grads::backward(&(&outputs[i] * g)?.sum_all()?)?,
         };
         // This stage's activations are no longer needed.
         outputs.truncate(i);

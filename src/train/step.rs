@@ -122,7 +122,7 @@ impl Run<'_> {
             if nan {
                 loss = (loss * f64::NAN)?;
             }
-            let grads = loss.backward()?;
+            let grads = crate::ops::param_grads::backward(&loss)?;
             Ok((loss, grads))
         })?;
         if fault::hits(cfg.fault, FaultKind::Overflow, rank, step + 1) {
