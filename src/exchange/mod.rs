@@ -258,8 +258,9 @@ impl GradExchange {
 
     /// Collective: replaces every gradient in `grads` by its mean over all
     /// ranks. A parameter without a gradient on this rank contributes zeros.
-    /// When the report says `skipped()`, `grads` is left as it was and must not
-    /// be applied.
+    /// On the host each gradient leaves the store once it is packed (so a
+    /// step never holds the gradients and their means at once); when the
+    /// report says `skipped()`, nothing is put back.
     pub fn exchange(&mut self, grads: &mut GradStore, comm: &Comm) -> anyhow::Result<ExchangeReport> {
         let scale = 1.0 / comm.info().size as f32;
         let mut report =
@@ -329,6 +330,9 @@ impl GradExchange {
             receive(ready, &mut grads)?;
             let t0 = Instant::now();
             bucket.pack_pieces(pieces, |i| grads[i].as_ref(), scale)?;
+            for i in packed_to_the_end(pieces, &self.vars) {
+                grads[i] = None;
+            }
             let t1 = Instant::now();
             watch(true);
             let summed = bucket.all_reduce(comm);
@@ -355,13 +359,19 @@ impl GradExchange {
     }
 }
 
+/// The parameters whose last piece is among `pieces`: once they are packed
+/// their f32 gradients are no longer needed.
+fn packed_to_the_end<'p>(pieces: &'p [Piece], vars: &'p [Var]) -> impl Iterator<Item = usize> + 'p {
+    pieces.iter().filter(|p| p.param_offset + p.len == vars[p.param].elem_count()).map(|p| p.param)
+}
+
 /// The host placement's pack, all-reduce and unpack, timed into `report`;
 /// the mean gradients (empty when the step is to be skipped).
 fn host_exchange(
     plan: &[Vec<Piece>],
     vars: &[Var],
     buckets: &mut [WireBucket],
-    grads: &GradStore,
+    grads: &mut GradStore,
     comm: &Comm,
     scale: f32,
     report: &mut ExchangeReport,
@@ -369,6 +379,9 @@ fn host_exchange(
     let t0 = Instant::now();
     for (pieces, bucket) in plan.iter().zip(buckets.iter_mut()) {
         bucket.pack_pieces(pieces, |i| grads.get(vars[i].as_tensor()), scale)?;
+        for i in packed_to_the_end(pieces, vars) {
+            grads.remove(vars[i].as_tensor());
+        }
     }
     let t1 = Instant::now();
     for bucket in buckets.iter_mut() {
