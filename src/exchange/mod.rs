@@ -168,6 +168,7 @@ impl GradExchange {
             );
         }
         let sizes: Vec<usize> = params.iter().map(|(_, v)| v.elem_count()).collect();
+        let overlapped = stage_of.is_some();
         let Plan { order, buckets: plan, stage_of, ready } =
             plan_for(&all_names, &sizes, bucket_bytes, dtype, stage_of);
         let (names, vars): (Vec<String>, Vec<Var>) = order.iter().map(|&i| params[i].clone()).unzip();
@@ -176,7 +177,14 @@ impl GradExchange {
         // device-independent settings, and the device kind is one flag.
         let placement = match DeviceBuckets::for_exchange(&vars, comm, dtype, &plan)? {
             Some(device) => Placement::Device(device),
-            None => Placement::Host(WireBucket::allocate(comm, dtype, &lens, transport)?),
+            None => {
+                let mut buckets = WireBucket::allocate(comm, dtype, &lens, transport)?;
+                // Overlapped, backward has the compute threads while buckets are packed.
+                if !overlapped {
+                    buckets.iter_mut().for_each(WireBucket::split_over_threads);
+                }
+                Placement::Host(buckets)
+            }
         };
         Ok(Self { names, vars, plan, placement, stage_of, ready })
     }
@@ -388,7 +396,7 @@ fn host_exchange(
         bucket.all_reduce(comm)?;
     }
     let t2 = Instant::now();
-    let mut out: Vec<Vec<f32>> = vars.iter().map(|v| vec![0f32; v.elem_count()]).collect();
+    let mut out: Vec<Vec<f32>> = vars.iter().map(|v| crate::ops::par::zeros(v.elem_count())).collect();
     for (pieces, bucket) in plan.iter().zip(buckets.iter()) {
         report.nonfinite += bucket.unpack_pieces(pieces, &mut out);
     }

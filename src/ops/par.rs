@@ -1,5 +1,6 @@
 //! Parallel loops for the CPU ops (im2col, col2im, pooling, batch norm, SGD)
-//! that stay on the calling thread when the process computes with one thread.
+//! and the exchange's pack and unpack, that stay on the calling thread when
+//! the process computes with one thread.
 //!
 //! A rayon loop called from outside rayon's pool hands its work to a pool
 //! thread and sleeps until that is done: with `--threads 1` that is two
@@ -19,6 +20,20 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], len: usize, f: impl Fn(usize, &mut
         out.chunks_mut(len).enumerate().for_each(|(i, c)| f(i, c));
     } else {
         out.par_chunks_mut(len).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// The sum of f(index, chunk) over the `len`-sized chunks of `out`.
+pub fn sum_over_chunks<T: Send>(
+    out: &mut [T],
+    len: usize,
+    f: impl Fn(usize, &mut [T]) -> usize + Sync + Send,
+) -> usize {
+    let len = len.max(1);
+    if one_thread() {
+        out.chunks_mut(len).enumerate().map(|(i, c)| f(i, c)).sum()
+    } else {
+        out.par_chunks_mut(len).enumerate().map(|(i, c)| f(i, c)).sum()
     }
 }
 
