@@ -7,6 +7,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_mpi::model::batch_norm::batch_norm;
+use candle_mpi::ops::param_grads;
 use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -32,7 +33,9 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Bytes((x.elem_count() * 4) as u64));
         g.bench_function("forward", |b| b.iter(|| bn.forward_relu_t(x.as_tensor(), true).unwrap()));
         g.bench_function("forward_backward", |b| {
-            b.iter(|| bn.forward_relu_t(x.as_tensor(), true).unwrap().sum_all().unwrap().backward().unwrap())
+            b.iter(|| {
+                param_grads::backward(&bn.forward_relu_t(x.as_tensor(), true).unwrap().sum_all().unwrap()).unwrap()
+            })
         });
         g.finish();
     }

@@ -115,7 +115,7 @@ fn one_step(kind: ModelKind, size: usize, step_norm: f64) {
 
     let loss = candle_nn::loss::cross_entropy(&net.forward_t(&x, true).unwrap(), &y).unwrap();
     let before = loss.to_scalar::<f32>().unwrap();
-    let grads = loss.backward().unwrap();
+    let grads = candle_mpi::ops::param_grads::backward(&loss).unwrap();
     let mut norm2 = 0.0f64;
     for (name, var) in store.trainable_sorted() {
         let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{kind}: no gradient for {name}"));
@@ -171,7 +171,7 @@ fn directional_derivative(kind: ModelKind, size: usize) {
     let y = Tensor::new(&[1u32, 7, 3, 9], &dev).unwrap();
     let loss_at = || candle_nn::loss::cross_entropy(&net.forward_t(&x, true).unwrap(), &y).unwrap();
     let loss = loss_at();
-    let grads = loss.backward().unwrap();
+    let grads = candle_mpi::ops::param_grads::backward(&loss).unwrap();
     let params = store.trainable_sorted();
     let g: Vec<Tensor> = params.iter().map(|(_, v)| grads.get(v.as_tensor()).unwrap().clone()).collect();
     let g2: f64 = g.iter().map(|t| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()).sum();
@@ -257,7 +257,8 @@ fn every_input_size(kind: ModelKind, batch: usize) {
         let logits = net.forward_t(&x, true).unwrap_or_else(|e| panic!("{kind} at {size} px: {e}"));
         let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
         assert!(loss.to_scalar::<f32>().unwrap().is_finite(), "{kind} at {size} px: loss");
-        let grads = loss.backward().unwrap_or_else(|e| panic!("{kind} at {size} px: backward: {e}"));
+        let grads = candle_mpi::ops::param_grads::backward(&loss)
+            .unwrap_or_else(|e| panic!("{kind} at {size} px: backward: {e}"));
         for (name, var) in store.trainable_sorted() {
             let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{kind} at {size} px: no gradient for {name}"));
             let sum = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();

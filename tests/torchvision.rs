@@ -57,7 +57,8 @@ fn ours(f: &serde_json::Value, dtype: DType) -> Outcome {
     let y = Tensor::from_vec(labels, n, &dev).unwrap();
     let logits = net.forward_t(&x, f["mode"] == "train").unwrap();
     let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
-    let grads = loss.backward().unwrap();
+    // The trainer's backward (parameter gradients handed over by our ops).
+    let grads = candle_mpi::ops::param_grads::backward(&loss).unwrap();
     let g = store
         .trainable_sorted()
         .into_iter()

@@ -30,6 +30,9 @@ fn sizes(x: &Layout, w: &Layout, b: &Layout) -> Result<(usize, usize, usize)> {
             b.shape()
         );
     }
+    if n == 0 || inputs == 0 {
+        candle_core::bail!("linear: input {:?} is empty (a batch of images with features is needed)", x.shape());
+    }
     Ok((n, inputs, outputs))
 }
 

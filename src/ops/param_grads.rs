@@ -25,9 +25,9 @@ thread_local! {
 /// candle's backward of `loss`, with the parameter gradients our ops handed
 /// over put into the store.
 pub fn backward(loss: &Tensor) -> Result<GradStore> {
-    let outer = HANDED.replace(Some(Vec::new()));
+    let collecting = Collecting::start();
     let store = loss.backward();
-    let handed = HANDED.replace(outer).unwrap_or_default();
+    let handed = collecting.finish();
     let mut store = store?;
     for (param, grad) in handed {
         let sum = match store.remove(&param) {
@@ -37,6 +37,35 @@ pub fn backward(loss: &Tensor) -> Result<GradStore> {
         store.insert(&param, sum);
     }
     Ok(store)
+}
+
+/// The collection of one `backward`: ended by `finish`, or, should
+/// backward panic, by the unwind dropping it, so that no list outlives its
+/// backward on this thread.
+struct Collecting {
+    /// What the thread collected before (`None` outside any `backward`).
+    outer: Option<Vec<(Tensor, Tensor)>>,
+    finished: bool,
+}
+
+impl Collecting {
+    fn start() -> Self {
+        Self { outer: HANDED.replace(Some(Vec::new())), finished: false }
+    }
+
+    /// What was handed over; the thread goes back to what it collected before.
+    fn finish(mut self) -> Vec<(Tensor, Tensor)> {
+        self.finished = true;
+        HANDED.replace(self.outer.take()).unwrap_or_default()
+    }
+}
+
+impl Drop for Collecting {
+    fn drop(&mut self) {
+        if !self.finished {
+            HANDED.set(self.outer.take());
+        }
+    }
 }
 
 /// For an op's backward: `grad` as the gradient of `param`. Kept for the
@@ -104,6 +133,18 @@ mod tests {
         // d/dw (x*w + w*x) = 2x, from both paths.
         assert_eq!(by_candle, vec![3.0, -4.0, 0.5]);
         assert_eq!(ours, by_candle);
+    }
+
+    #[test]
+    fn a_panicking_backward_leaves_nothing_collecting() {
+        let caught = std::panic::catch_unwind(|| {
+            let _collecting = Collecting::start();
+            panic!("an op's backward panics");
+        });
+        assert!(caught.is_err());
+        let v = Var::new(&[1f32], &Device::Cpu).unwrap();
+        let g = Tensor::new(&[2f32], &Device::Cpu).unwrap();
+        assert!(hand_over(v.as_tensor(), g).is_some(), "a list was left collecting after the panic");
     }
 
     #[test]
