@@ -12,8 +12,13 @@ do not use every core. The table gives, per operation, its share of all
 core time ("work") and the core time others spent waiting while only it ran
 ("left idle"), both in seconds per step.
 
-Usage: python3 scripts/profile-threads.py [--threads 2] [--image-size 128]
-           [--batch-size 16] [--steps 8] [MODEL ...]
+With `--against 1` the same run is also made with 1 thread, and the table
+gains that run's work per operation beside it: where two threads do more
+core-seconds of work than one (caches shared, memory bandwidth, a loop's
+hand-overs), the extra shows by operation.
+
+Usage: python3 scripts/profile-threads.py [--threads 2] [--against 1]
+           [--image-size 128] [--batch-size 16] [--steps 8] [MODEL ...]
 Needs perf (linux-perf) and target/release/candle-mpi; the machine should
 have as many cores as --threads (this one has 2).
 """
@@ -68,8 +73,8 @@ def first_match(frames, table):
 OTHER = collections.Counter()
 
 
-def train_cmd(a, model, steps):
-    return [EXE, "--threads", str(a.threads), "train", "--model", model, "--image-size", str(a.image_size),
+def train_cmd(a, model, steps, threads=None):
+    return [EXE, "--threads", str(threads or a.threads), "train", "--model", model, "--image-size", str(a.image_size),
             "--batch-size", str(a.batch_size), "--steps", str(steps), "--log-every", "1000"]
 
 
@@ -106,8 +111,8 @@ def samples(script_text, pid_of_interest):
     return out
 
 
-def profile(a, model):
-    skip_ms = startup_delay_ms(train_cmd(a, model, 2))
+def profile(a, model, threads=None):
+    skip_ms = startup_delay_ms(train_cmd(a, model, 2, threads))
     hz = 250
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "perf.data")
@@ -116,7 +121,7 @@ def profile(a, model):
         # with no sample of it in a period ran nothing of it then.
         cmd = ["perf", "record", "--sample-cpu", "--call-graph", "dwarf,16384", "-F", str(hz), "--delay", str(skip_ms), "-o", data,
                "--"]
-        proc = subprocess.Popen(cmd + train_cmd(a, model, a.steps), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        proc = subprocess.Popen(cmd + train_cmd(a, model, a.steps, threads), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         stdout, _ = proc.communicate()
         if proc.returncode != 0:
@@ -155,19 +160,39 @@ def profile(a, model):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--against", type=int, default=None,
+                    help="also profile with this many threads and show its work per operation beside")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("models", nargs="*", default=["alexnet", "vgg16", "resnet50", "googlenet"])
     a = ap.parse_args()
+    for flag, n in (("--threads", a.threads), ("--against", a.against)):
+        if n is not None and n < 1:
+            raise SystemExit(f"{flag} {n}: need at least 1 thread")
     for model in a.models:
         done, step_s, steps, work, idle = profile(a, model)
         print(f"\n### {model}, {a.threads} threads, {a.image_size} px, batch {a.batch_size}\n\n{done}\n")
-        print(f"Sampled about {steps:.1f} steps. Seconds per step:\n")
-        print("| operation | work (core-s) | other cores left idle (core-s) |\n|---|---|---|")
-        for op, _ in sorted(work.items(), key=lambda kv: -idle[kv[0]]):
-            print(f"| {op} | {work[op] / steps:.3f} | {idle[op] / steps:.3f} |")
-        print(f"| all | {sum(work.values()) / steps:.3f} | {sum(idle.values()) / steps:.3f} |")
+        if a.against is None:
+            print(f"Sampled about {steps:.1f} steps. Seconds per step:\n")
+            print("| operation | work (core-s) | other cores left idle (core-s) |\n|---|---|---|")
+            for op, _ in sorted(work.items(), key=lambda kv: -idle[kv[0]]):
+                print(f"| {op} | {work[op] / steps:.3f} | {idle[op] / steps:.3f} |")
+            print(f"| all | {sum(work.values()) / steps:.3f} | {sum(idle.values()) / steps:.3f} |")
+        else:
+            done1, _, steps1, work1, _ = profile(a, model, a.against)
+            print(f"{a.against} threads: {done1}\n")
+            print(f"Sampled about {steps:.1f} and {steps1:.1f} steps. Core-seconds of work per step:\n")
+            n, m = a.threads, a.against
+            print(f"| operation | work, {m} threads | work, {n} threads | extra | left idle, {n} threads |\n"
+                  "|---|---|---|---|---|")
+            ops = set(work) | set(work1)
+            extra = {op: work[op] / steps - work1[op] / steps1 for op in ops}
+            for op in sorted(ops, key=lambda o: -extra[o]):
+                print(f"| {op} | {work1[op] / steps1:.3f} | {work[op] / steps:.3f} | {extra[op]:+.3f} | "
+                      f"{idle[op] / steps:.3f} |")
+            w, w1 = sum(work.values()) / steps, sum(work1.values()) / steps1
+            print(f"| all | {w1:.3f} | {w:.3f} | {w - w1:+.3f} | {sum(idle.values()) / steps:.3f} |")
         if os.environ.get("PROFILE_OTHER"):
             for sym, n in OTHER.most_common(25):
                 print(n, sym)

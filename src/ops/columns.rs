@@ -25,6 +25,11 @@ impl Geometry {
 /// crate's blocks are mostly edge; measured in docs/performance.md).
 pub(crate) const MIN_GROUP_COLUMNS: usize = 256;
 
+/// Columns each half of a batch gives at least where the batch is cut in
+/// two groups rather than left one (see `Dims::group_size`; measured in
+/// docs/performance.md).
+pub(crate) const MIN_SPLIT_COLUMNS: usize = 128;
+
 /// The shapes of one convolution.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Dims {
@@ -81,8 +86,18 @@ impl Dims {
         let n = self.n;
         (0..n).step_by(size).map(move |b| b..(b + size).min(n))
     }
+    /// Images of a group: enough for `MIN_GROUP_COLUMNS` columns, but where
+    /// that would make the whole batch one group, half the batch when each
+    /// half still gives `MIN_SPLIT_COLUMNS`: two groups are two slices, run
+    /// side by side, where one group's GEMM would be split by the gemm crate
+    /// (a hand-over to the pool for every block of its inner dimension).
     pub(crate) fn group_size(&self) -> usize {
-        MIN_GROUP_COLUMNS.div_ceil(self.ohw().max(1)).clamp(1, self.n.max(1))
+        let size = MIN_GROUP_COLUMNS.div_ceil(self.ohw().max(1)).clamp(1, self.n.max(1));
+        if size == self.n && self.n > 1 && self.n * self.ohw() >= 2 * MIN_SPLIT_COLUMNS {
+            self.n.div_ceil(2)
+        } else {
+            size
+        }
     }
     /// The groups dealt into slices, runs of consecutive groups that are
     /// computed side by side, each on one thread with its own buffers
@@ -215,4 +230,28 @@ pub(crate) struct Wanted {
     /// (the input-gradient GEMM and col2im are a third of a layer's work).
     pub(crate) dx: bool,
     pub(crate) db: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn groups(n: usize, side: usize) -> Vec<Range<usize>> {
+        Dims::of(n, 8, side, side, 8, Geometry { kernel: 3, stride: 1, padding: 1 }).groups().collect()
+    }
+
+    #[test]
+    fn groups_give_enough_columns_and_a_batch_of_small_images_two_halves() {
+        // 16x16 outputs: an image alone gives 256 columns.
+        assert_eq!(groups(4, 16), vec![0..1, 1..2, 2..3, 3..4]);
+        // 8x8: four images a group.
+        assert_eq!(groups(16, 8), vec![0..4, 4..8, 8..12, 12..16]);
+        // 4x4: the batch of 16 would be one group of 256 columns; two of 128.
+        assert_eq!(groups(16, 4), vec![0..8, 8..16]);
+        assert_eq!(groups(18, 4), vec![0..16, 16..18]);
+        assert_eq!(groups(15, 4), vec![0..15]);
+        // 2x2: halves of 32 columns would be too narrow; one group.
+        assert_eq!(groups(16, 2), vec![0..16]);
+        assert_eq!(groups(1, 4), vec![0..1]);
+    }
 }
