@@ -12,7 +12,8 @@
 //! A group is one image where OH*OW alone gives the GEMM enough columns (the
 //! product then lands in the image's (OC, OH, OW) planes as it is, and a 1x1
 //! stride-1 convolution multiplies the image itself, no im2col), and several
-//! small images otherwise (their product is scattered into their planes).
+//! small images otherwise (their product is scattered into their planes);
+//! a batch that would be one group is two where each half is wide enough.
 //! Groups also bound im2col's memory at large inputs (only the group's cols
 //! exist at a time where a layer's would exceed 16 MiB). The whole convolution is
 //! one node of candle's graph: candle accumulates each node's input gradient
