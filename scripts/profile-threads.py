@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Where a multi-threaded training step leaves cores idle, by operation.
 
-Samples every core of the machine (`perf record -a`) while `candle-mpi
---threads N train` runs in its steady state (perf starts after the time a
-2-step run takes), then cuts the recording into sampling periods. In each
+Samples every thread of the trainer (`perf record` of the process) while
+`candle-mpi --threads N train` runs in its steady state (perf starts after
+the time a 2-step run takes), then cuts the recording into sampling periods. In each
 period a core either did work, waited (idle, or a thread spinning or
 yielding for work: rayon's and candle's pools, a barrier), or ran another
 process. A period where some cores worked and others waited is charged to
@@ -135,6 +135,8 @@ def profile(a, model, threads=None):
     m = re.search(r"median step of ([\d.]+) (m?s)", done[0]) if done else None
     step_s = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0) if m else float("nan")
     rows = samples(script, target)
+    if not rows:
+        raise SystemExit(f"perf recorded no samples of {model} (is perf allowed here? perf_event_paranoid)")
     period = 1.0 / hz
     # Cut into periods; each core's sample (or its absence: an idle, tickless core) in each.
     t0 = min(t for t, *_ in rows)
@@ -171,6 +173,7 @@ def main():
         if n is not None and n < 1:
             raise SystemExit(f"{flag} {n}: need at least 1 thread")
     for model in a.models:
+        OTHER.clear()
         done, step_s, steps, work, idle = profile(a, model)
         print(f"\n### {model}, {a.threads} threads, {a.image_size} px, batch {a.batch_size}\n\n{done}\n")
         if a.against is None:
@@ -180,7 +183,10 @@ def main():
                 print(f"| {op} | {work[op] / steps:.3f} | {idle[op] / steps:.3f} |")
             print(f"| all | {sum(work.values()) / steps:.3f} | {sum(idle.values()) / steps:.3f} |")
         else:
+            other = OTHER.copy()
             done1, _, steps1, work1, _ = profile(a, model, a.against)
+            OTHER.clear()
+            OTHER.update(other)
             print(f"{a.against} threads: {done1}\n")
             print(f"Sampled about {steps:.1f} and {steps1:.1f} steps. Core-seconds of work per step:\n")
             n, m = a.threads, a.against

@@ -93,7 +93,8 @@ impl Dims {
     /// (a hand-over to the pool for every block of its inner dimension).
     pub(crate) fn group_size(&self) -> usize {
         let size = MIN_GROUP_COLUMNS.div_ceil(self.ohw().max(1)).clamp(1, self.n.max(1));
-        if size == self.n && self.n > 1 && self.n * self.ohw() >= 2 * MIN_SPLIT_COLUMNS {
+        // The smaller half of an odd batch has n / 2 images.
+        if size == self.n && self.n > 1 && (self.n / 2) * self.ohw() >= MIN_SPLIT_COLUMNS {
             self.n.div_ceil(2)
         } else {
             size
@@ -250,6 +251,10 @@ mod tests {
         assert_eq!(groups(16, 4), vec![0..8, 8..16]);
         assert_eq!(groups(18, 4), vec![0..16, 16..18]);
         assert_eq!(groups(15, 4), vec![0..15]);
+        // An odd batch: its smaller half must give the 128 columns too.
+        // (3 x 121 columns would be halves of 242 and 121.)
+        assert_eq!(groups(3, 11), vec![0..3]);
+        assert_eq!(groups(4, 9), vec![0..2, 2..4]);
         // 2x2: halves of 32 columns would be too narrow; one group.
         assert_eq!(groups(16, 2), vec![0..16]);
         assert_eq!(groups(1, 4), vec![0..1]);

@@ -89,7 +89,8 @@ fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims, relu: bool
     let (oc, ohw) = (d.oc, d.ohw());
     let mut y = super::par::zeros(d.n * oc * ohw);
     let wv = View::rows(weight, oc, d.ckk());
-    let keep = d.ckk() * d.n * ohw <= KEEP_COLS_UP_TO && !(d.pointwise() && ohw >= MIN_GROUP_COLUMNS);
+    // A pointwise layer of one image a group multiplies the images themselves: nothing to keep.
+    let keep = d.ckk() * d.n * ohw <= KEEP_COLS_UP_TO && !(d.pointwise() && d.group_size() == 1);
     let slices = d.slices((d.ckk() + oc) * d.group_width());
     let threads = gemm_threads(slices.len());
     let parts = split_by_slices(&mut y, &slices, oc * ohw);
