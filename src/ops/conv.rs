@@ -27,7 +27,7 @@ use std::ops::Range;
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
-use super::columns::{col2im, im2col, Dims, Wanted, MIN_GROUP_COLUMNS};
+use super::columns::{col2im, im2col, Dims, Wanted};
 pub use super::columns::{col2im_all, im2col_all, Geometry};
 use super::conv_cuda;
 use super::cpu_slice::f32_slice;
@@ -487,6 +487,7 @@ fn conv2d_gemm_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: Geome
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::columns::MIN_GROUP_COLUMNS;
     use candle_core::{Device, Var};
 
     fn pseudo(len: usize, seed: u32) -> Vec<f32> {
