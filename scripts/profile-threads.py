@@ -3,10 +3,10 @@
 
 Samples every thread of the trainer (`perf record` of the process) while
 `candle-mpi --threads N train` runs in its steady state (perf starts after
-the time a 2-step run takes), then cuts the recording into sampling periods. In each
-period a core either did work, waited (idle, or a thread spinning or
-yielding for work: rayon's and candle's pools, a barrier), or ran another
-process. A period where some cores worked and others waited is charged to
+the time a 2-step run takes), then cuts the recording into sampling
+periods. In each period a core either did work, waited (idle, or a thread
+spinning or yielding for work: rayon's and candle's pools, a barrier), or
+ran another process. A period where some cores worked and others waited is charged to
 the operations the working cores ran: those are the parts of the step that
 do not use every core. The table gives, per operation, its share of all
 core time ("work") and the core time others spent waiting while only it ran
@@ -70,26 +70,24 @@ def first_match(frames, table):
     return None
 
 
-OTHER = collections.Counter()
-
-
 def train_cmd(a, model, steps, threads=None):
     return [EXE, "--threads", str(threads or a.threads), "train", "--model", model, "--image-size", str(a.image_size),
             "--batch-size", str(a.batch_size), "--steps", str(steps), "--log-every", "1000"]
 
 
-def classify(frames):
-    """('wait', None) or ('work', op) for one sample's frames, leaf first."""
+def classify(frames, unknown):
+    """('wait', None) or ('work', op) for one sample's frames, leaf first;
+    leaf frames of work that no table names are counted in `unknown`."""
     for f in frames[:6]:
         if WAITING.search(f):
             return "wait", None
     owner, kind = first_match(frames, OWNERS), first_match(frames[:8], KINDS)
     if owner is None and kind is None:
-        OTHER[frames[0] if frames else "?"] += 1
+        unknown[frames[0] if frames else "?"] += 1
     return "work", f"{owner or 'other'}: {kind or 'the rest'}"
 
 
-def samples(script_text, pid_of_interest):
+def samples(script_text, pid_of_interest, unknown):
     """(time, cpu, state, op) for each sample perf script printed."""
     out = []
     for block in script_text.split("\n\n"):
@@ -106,7 +104,7 @@ def samples(script_text, pid_of_interest):
         elif pid != pid_of_interest:
             state, op = "other", None
         else:
-            state, op = classify(frames or [comm])
+            state, op = classify(frames or [comm], unknown)
         out.append((t, cpu, state, op))
     return out
 
@@ -134,9 +132,11 @@ def profile(a, model, threads=None):
     done = [l for l in stdout.splitlines() if l.startswith("done:")]
     m = re.search(r"median step of ([\d.]+) (m?s)", done[0]) if done else None
     step_s = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0) if m else float("nan")
-    rows = samples(script, target)
+    unknown = collections.Counter()
+    rows = samples(script, target, unknown)
     if not rows:
-        raise SystemExit(f"perf recorded no samples of {model} (is perf allowed here? perf_event_paranoid)")
+        raise SystemExit(f"perf recorded no samples of {model} after its {skip_ms} ms start-up delay: "
+                         "the run ended first (give more --steps), or perf may not sample here (perf_event_paranoid)")
     period = 1.0 / hz
     # Cut into periods; each core's sample (or its absence: an idle, tickless core) in each.
     t0 = min(t for t, *_ in rows)
@@ -156,7 +156,7 @@ def profile(a, model, threads=None):
             for op in working:
                 idle_charge[op] += period * waiting / len(working)
     steps = (max(bins) + 1) * period / step_s if step_s == step_s else float("nan")
-    return done[0] if done else "", step_s, steps, work, idle_charge
+    return done[0] if done else "", step_s, steps, work, idle_charge, unknown
 
 
 def main():
@@ -173,8 +173,7 @@ def main():
         if n is not None and n < 1:
             raise SystemExit(f"{flag} {n}: need at least 1 thread")
     for model in a.models:
-        OTHER.clear()
-        done, step_s, steps, work, idle = profile(a, model)
+        done, step_s, steps, work, idle, unknown = profile(a, model)
         print(f"\n### {model}, {a.threads} threads, {a.image_size} px, batch {a.batch_size}\n\n{done}\n")
         if a.against is None:
             print(f"Sampled about {steps:.1f} steps. Seconds per step:\n")
@@ -183,10 +182,7 @@ def main():
                 print(f"| {op} | {work[op] / steps:.3f} | {idle[op] / steps:.3f} |")
             print(f"| all | {sum(work.values()) / steps:.3f} | {sum(idle.values()) / steps:.3f} |")
         else:
-            other = OTHER.copy()
-            done1, _, steps1, work1, _ = profile(a, model, a.against)
-            OTHER.clear()
-            OTHER.update(other)
+            done1, _, steps1, work1, _, _ = profile(a, model, a.against)
             print(f"{a.against} threads: {done1}\n")
             print(f"Sampled about {steps:.1f} and {steps1:.1f} steps. Core-seconds of work per step:\n")
             n, m = a.threads, a.against
@@ -200,7 +196,7 @@ def main():
             w, w1 = sum(work.values()) / steps, sum(work1.values()) / steps1
             print(f"| all | {w1:.3f} | {w:.3f} | {w - w1:+.3f} | {sum(idle.values()) / steps:.3f} |")
         if os.environ.get("PROFILE_OTHER"):
-            for sym, n in OTHER.most_common(25):
+            for sym, n in unknown.most_common(25):
                 print(n, sym)
 
 
