@@ -26,6 +26,30 @@ fn pooling(c: &mut Criterion) {
     g.bench_function("ours_2x2s2_forward", |b| b.iter(|| max_pool2d(x.as_tensor(), Pool2d::new(2, 2)).unwrap()));
     g.bench_function("candle_2x2s2_forward", |b| b.iter(|| x.as_tensor().max_pool2d(2).unwrap()));
     g.finish();
+
+    // GoogLeNet's inception pool branch at 128-pixel input (3a: 16x16, 192
+    // channels), 3x3 windows at stride 1: every output reads nine cells.
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (16, 192, 16, 16), &dev).unwrap()).unwrap();
+    let mut g = c.benchmark_group("maxpool_16x192x16x16");
+    g.throughput(Throughput::Bytes((x.elem_count() * 4) as u64));
+    g.bench_function("ours_3x3s1p1_forward", |b| {
+        b.iter(|| max_pool2d(x.as_tensor(), Pool2d::new(3, 1).padding(1).ceil()).unwrap())
+    });
+    g.bench_function("ours_3x3s2_ceil_forward", |b| {
+        b.iter(|| max_pool2d(x.as_tensor(), Pool2d::new(3, 2).ceil()).unwrap())
+    });
+    g.finish();
+
+    // The same branch on the small planes of 64-pixel input (3a: 8x8, 4a: 4x4).
+    for (channels, side) in [(192, 8), (480, 4)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (16, channels, side, side), &dev).unwrap()).unwrap();
+        let mut g = c.benchmark_group(format!("maxpool_16x{channels}x{side}x{side}"));
+        g.throughput(Throughput::Bytes((x.elem_count() * 4) as u64));
+        g.bench_function("ours_3x3s1p1_forward", |b| {
+            b.iter(|| max_pool2d(x.as_tensor(), Pool2d::new(3, 1).padding(1).ceil()).unwrap())
+        });
+        g.finish();
+    }
 }
 
 criterion_group!(benches, pooling);

@@ -20,6 +20,8 @@ mod cuda;
 #[path = "cuda_absent.rs"]
 mod cuda;
 
+use std::ops::Range;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -79,6 +81,12 @@ struct AxisWindows {
     start: Vec<usize>,
     end: Vec<usize>,
     divisor: Vec<usize>,
+    /// The outputs whose windows lie whole inside the input, `stride` cells
+    /// apart and `kernel` long (none for adaptive windows): max pooling
+    /// searches them tap by tap, without each window's bounds.
+    interior: Range<usize>,
+    stride: usize,
+    kernel: usize,
 }
 
 impl AxisWindows {
@@ -93,7 +101,14 @@ impl AxisWindows {
             start.push(lo.max(0) as usize);
             end.push(hi_padded.min(input as isize) as usize);
         }
-        Ok(Self { input, start, end, divisor })
+        // Window o spans o * stride - padding .. + kernel, whole where that
+        // starts at or after 0 and ends at or before the input's end.
+        let first = p.padding.div_ceil(p.stride).min(out);
+        let last = match (input + p.padding).checked_sub(p.kernel) {
+            Some(room) => (room / p.stride + 1).clamp(first, out),
+            None => first,
+        };
+        Ok(Self { input, start, end, divisor, interior: first..last, stride: p.stride, kernel: p.kernel })
     }
 
     /// PyTorch's adaptive windows: floor(o*in/out) .. ceil((o+1)*in/out).
@@ -104,13 +119,85 @@ impl AxisWindows {
         let start: Vec<usize> = (0..out).map(|o| o * input / out).collect();
         let end: Vec<usize> = (0..out).map(|o| ((o + 1) * input).div_ceil(out)).collect();
         let divisor = start.iter().zip(&end).map(|(s, e)| e - s).collect();
-        Ok(Self { input, start, end, divisor })
+        Ok(Self { input, start, end, divisor, interior: 0..0, stride: 0, kernel: 0 })
     }
 
     fn len(&self) -> usize {
         self.start.len()
     }
+
+    /// The first maximum of each window of `row` (one line of cells along
+    /// this axis): its value in `val` and its cell in `at`, as `takes`
+    /// decides. The windows at the edges are searched one by one, the
+    /// interior ones a tap at a time across all of them.
+    fn first_maxima<T: PoolFloat>(&self, row: &[T], val: &mut [T], at: &mut [u32]) {
+        for o in (0..self.len()).filter(|o| !self.interior.contains(o)) {
+            let (mut best, mut cell) = (row[self.start[o]], self.start[o]);
+            for (i, &v) in row.iter().enumerate().take(self.end[o]).skip(self.start[o] + 1) {
+                if takes(v, best) {
+                    (best, cell) = (v, i);
+                }
+            }
+            (val[o], at[o]) = (best, cell as u32);
+        }
+        let outputs = self.interior.clone();
+        if outputs.is_empty() {
+            return;
+        }
+        let (val, at) = (&mut val[outputs.clone()], &mut at[outputs.clone()]);
+        let (first, stride, n) = (self.start[outputs.start], self.stride, outputs.len());
+        // Each tap's cells, side by side (copied out where the stride is not 1).
+        let mut cells = Vec::new();
+        for tap in 0..self.kernel {
+            let start = first + tap;
+            let taken: &[T] = if stride == 1 {
+                &row[start..start + n]
+            } else {
+                let span = &row[start..start + (n - 1) * stride + 1];
+                cells.resize(n, T::ZERO);
+                for (k, c) in cells.iter_mut().enumerate() {
+                    *c = span[k * stride];
+                }
+                &cells
+            };
+            if tap == 0 {
+                val.copy_from_slice(taken);
+                at.iter_mut().enumerate().for_each(|(k, a)| *a = (start + k * stride) as u32);
+            } else {
+                fold_maxima(val, at, taken, |k| (start + k * stride) as u32);
+            }
+        }
+    }
 }
+
+/// Running first maxima, met in order: where `cand[k]` takes over `val[k]`
+/// (see `takes`), `val[k] = cand[k]` and `at[k] = cell(k)`. Masks rather
+/// than branches, so the compiler vectorizes it.
+#[inline(always)]
+fn fold_maxima<T: PoolFloat>(val: &mut [T], at: &mut [u32], cand: &[T], cell: impl Fn(usize) -> u32) {
+    let n = val.len();
+    let (at, cand) = (&mut at[..n], &cand[..n]);
+    for k in 0..n {
+        let take = takes(cand[k], val[k]);
+        val[k] = T::pick(take, cand[k], val[k]);
+        let mask = 0u32.wrapping_sub(take as u32);
+        at[k] = (cell(k) & mask) | (at[k] & !mask);
+    }
+}
+
+/// Whether `v`, met after `best` in a window's row-major order, becomes its
+/// maximum: when larger, or the window's first NaN (a NaN is the maximum,
+/// as in PyTorch).
+#[inline(always)]
+fn takes<T: PoolFloat>(v: T, best: T) -> bool {
+    (v > best) | (v.is_nan() & !best.is_nan())
+}
+
+/// Output columns from which stride-1 max pooling is separable.
+const SEPARABLE_MIN_WIDTH: usize = 16;
+
+/// Input cells of the planes one task of max pooling takes at least.
+const PLANE_CELLS_PER_TASK: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -145,11 +232,17 @@ trait PoolFloat:
     const NEG_INF: Self;
     fn from_count(n: usize) -> Self;
     fn is_nan(self) -> bool;
+    /// `new` if `take`, else `old`, by masking bits (no branch).
+    fn pick(take: bool, new: Self, old: Self) -> Self;
 }
 
 macro_rules! pool_float {
-    ($t:ty) => {
+    ($t:ty, $bits:ty) => {
         impl PoolFloat for $t {
+            fn pick(take: bool, new: Self, old: Self) -> Self {
+                let mask = <$bits>::wrapping_sub(0, take as $bits);
+                <$t>::from_bits((new.to_bits() & mask) | (old.to_bits() & !mask))
+            }
             const ZERO: Self = 0.0;
             const NEG_INF: Self = <$t>::NEG_INFINITY;
             fn from_count(n: usize) -> Self {
@@ -161,8 +254,8 @@ macro_rules! pool_float {
         }
     };
 }
-pool_float!(f32);
-pool_float!(f64);
+pool_float!(f32, u32);
+pool_float!(f64, u64);
 
 /// The contiguous slice behind a storage and layout, or an error naming the op.
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
@@ -204,21 +297,75 @@ impl PoolOp {
         at
     }
 
+    /// Max pooling: each output's value and the index in its plane of its
+    /// window's first maximum in row-major order (what `argmax` finds, the
+    /// first NaN winning), kept for backward. Separable: first the maxima
+    /// of each input row's windows along the width, then the first maximum
+    /// of those along the height, taking a later row only where `takes` does.
+    fn max_forward<T: PoolFloat>(&self, x: &[T], planes: usize) -> (Vec<T>, Vec<u32>) {
+        let (ih, iw) = (self.h.input, self.w.input);
+        let (oh, ow) = (self.h.len(), self.w.len());
+        // Planes a task takes: enough cells that a task outweighs its hand-over.
+        let per_task = (PLANE_CELLS_PER_TASK / (ih * iw).max(1)).max(1);
+        let mut out = vec![T::ZERO; planes * oh * ow];
+        let mut at = vec![0u32; planes * oh * ow];
+        super::par::for_each_chunk_pair(&mut out, &mut at, per_task * oh * ow, |task, val, cell| {
+            let (mut row_val, mut row_at) = (vec![T::ZERO; ih * ow], vec![0u32; ih * ow]);
+            for (k, (val, cell)) in val.chunks_mut(oh * ow).zip(cell.chunks_mut(oh * ow)).enumerate() {
+                let plane = &x[(task * per_task + k) * ih * iw..][..ih * iw];
+                for r in 0..ih {
+                    let (v, a) = (&mut row_val[r * ow..][..ow], &mut row_at[r * ow..][..ow]);
+                    self.w.first_maxima(&plane[r * iw..][..iw], v, a);
+                }
+                for o_h in 0..oh {
+                    let (val, cell) = (&mut val[o_h * ow..][..ow], &mut cell[o_h * ow..][..ow]);
+                    let (top, bottom) = (self.h.start[o_h], self.h.end[o_h]);
+                    val.copy_from_slice(&row_val[top * ow..][..ow]);
+                    for (at, &a) in cell.iter_mut().zip(&row_at[top * ow..][..ow]) {
+                        *at = (top * iw) as u32 + a;
+                    }
+                    for r in top + 1..bottom {
+                        let (v, a) = (&row_val[r * ow..][..ow], &row_at[r * ow..][..ow]);
+                        let base = (r * iw) as u32;
+                        fold_maxima(val, cell, v, |k| base + a[k]);
+                    }
+                }
+            }
+        });
+        (out, at)
+    }
+
+    /// Max pooling as `max_forward` gives it, each window searched in turn.
+    fn max_forward_by_window<T: PoolFloat>(&self, x: &[T], planes: usize) -> (Vec<T>, Vec<u32>) {
+        let (ih, iw) = (self.h.input, self.w.input);
+        let (oh, ow) = (self.h.len(), self.w.len());
+        let mut out = vec![T::ZERO; planes * oh * ow];
+        let mut at = vec![0u32; planes * oh * ow];
+        super::par::for_each_chunk_pair(&mut out, &mut at, oh * ow, |p, val, cell| {
+            let plane = &x[p * ih * iw..(p + 1) * ih * iw];
+            for o_h in 0..oh {
+                for o_w in 0..ow {
+                    let a = self.argmax(plane, iw, o_h, o_w);
+                    (val[o_h * ow + o_w], cell[o_h * ow + o_w]) = (plane[a], a as u32);
+                }
+            }
+        });
+        (out, at)
+    }
+
     fn forward<T: PoolFloat>(&self, x: &[T], planes: usize) -> Vec<T> {
         let (ih, iw) = (self.h.input, self.w.input);
         let (oh, ow) = (self.h.len(), self.w.len());
         if self.kind == Kind::Max {
-            // The argmax of every window, kept for backward; the values from it.
-            let mut at = vec![0u32; planes * oh * ow];
-            super::par::for_each_chunk(&mut at, oh * ow, |p, dst| {
-                let plane = &x[p * ih * iw..(p + 1) * ih * iw];
-                for o_h in 0..oh {
-                    for o_w in 0..ow {
-                        dst[o_h * ow + o_w] = self.argmax(plane, iw, o_h, o_w) as u32;
-                    }
-                }
-            });
-            let out = at.iter().enumerate().map(|(k, &a)| x[k / (oh * ow) * ih * iw + a as usize]).collect();
+            // Separable where windows overlap most (stride 1: a cell is in
+            // nine 3x3 windows) and rows are long enough for its vector
+            // loops; elsewhere the window-by-window search is faster
+            // (docs/performance.md).
+            let (out, at) = if self.h.stride == 1 && self.w.stride == 1 && self.w.len() >= SEPARABLE_MIN_WIDTH {
+                self.max_forward(x, planes)
+            } else {
+                self.max_forward_by_window(x, planes)
+            };
             self.argmax.put(at);
             return out;
         }
@@ -507,6 +654,55 @@ mod tests {
             assert!(op.argmax.get().is_none(), "{p:?}: backward takes it");
             let searched = op.backward(Some(&x), &g, planes);
             assert_eq!(kept, searched, "{p:?}");
+        }
+    }
+
+    /// The separable forward finds, for every window, the cell the
+    /// row-major search finds: ties to the first, a NaN before all else,
+    /// -inf windows to their first cell, edge and interior windows alike.
+    #[test]
+    fn separable_max_finds_the_first_maximum_of_every_window() {
+        let pools = [
+            Pool2d::new(3, 2).padding(1),
+            Pool2d::new(3, 1).padding(1).ceil(),
+            Pool2d::new(3, 2).ceil(),
+            Pool2d::new(2, 2),
+            Pool2d::new(2, 2).padding(1).ceil(),
+            Pool2d::new(5, 3).padding(2),
+        ];
+        for p in pools {
+            for (h, w) in [(9, 9), (7, 10), (4, 4), (3, 5), (2, 2), (1, 3)] {
+                let (Ok(oh), Ok(ow)) = (p.output_len(h), p.output_len(w)) else { continue };
+                let planes = 3;
+                // Values repeat every 7 (ties), with some -inf and NaN cells.
+                let x: Vec<f32> = (0..planes * h * w)
+                    .map(|i| match i % 23 {
+                        5 => f32::NAN,
+                        11 | 12 => f32::NEG_INFINITY,
+                        _ => ((i * 5) % 7) as f32,
+                    })
+                    .collect();
+                let op = PoolOp {
+                    kind: Kind::Max,
+                    h: AxisWindows::strided(h, &p).unwrap(),
+                    w: AxisWindows::strided(w, &p).unwrap(),
+                    argmax: HandOff::default(),
+                };
+                let (val, at) = op.max_forward(&x, planes);
+                let (by_window_val, by_window_at) = op.max_forward_by_window(&x, planes);
+                assert_eq!(at, by_window_at, "{p:?} {h}x{w}: both searches find the same cells");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&val), bits(&by_window_val));
+                for q in 0..planes {
+                    let plane = &x[q * h * w..][..h * w];
+                    for (o_h, o_w) in (0..oh).flat_map(|a| (0..ow).map(move |b| (a, b))) {
+                        let k = (q * oh + o_h) * ow + o_w;
+                        let want = op.argmax(plane, w, o_h, o_w);
+                        assert_eq!(at[k] as usize, want, "{p:?} {h}x{w} plane {q} output ({o_h}, {o_w})");
+                        assert_eq!(val[k].to_bits(), plane[want].to_bits());
+                    }
+                }
+            }
         }
     }
 
