@@ -1,4 +1,6 @@
-//! Batch norm + ReLU, forward and backward (training mode, 1 thread), at
+//! Batch norm + ReLU, forward and backward (training mode), with 1 and 2
+//! compute threads (`*_1t`, `*_2t`: a pool of that many threads runs the op;
+//! candle's few ops around it take 2 either way), at
 //! shapes the networks give it at a 64-pixel input and batch 16: large planes
 //! (ResNet50's stem), and GoogLeNet's many small ones, where the cost per plane
 //! rather than per value decides. Throughput counts the input's bytes. The
@@ -23,7 +25,8 @@ const SHAPES: [(&str, Dims4); 3] = [
 fn bench(c: &mut Criterion) {
     // As the trainer binary does: freed blocks stay in the heap (src/memory.rs).
     candle_mpi::host::memory::keep_freed_memory();
-    candle_mpi::host::threads::configure(Some(1)).unwrap();
+    candle_mpi::host::threads::configure(Some(2)).unwrap();
+    let pools = thread_pools();
     let dev = Device::Cpu;
     for (name, shape) in SHAPES {
         let varmap = VarMap::new();
@@ -31,14 +34,26 @@ fn bench(c: &mut Criterion) {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, shape, &dev).unwrap()).unwrap();
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Bytes((x.elem_count() * 4) as u64));
-        g.bench_function("forward", |b| b.iter(|| bn.forward_relu_t(x.as_tensor(), true).unwrap()));
-        g.bench_function("forward_backward", |b| {
-            b.iter(|| {
-                param_grads::backward(&bn.forward_relu_t(x.as_tensor(), true).unwrap().sum_all().unwrap()).unwrap()
-            })
-        });
+        for (threads, pool) in &pools {
+            g.bench_function(format!("forward_{threads}t"), |b| {
+                b.iter(|| pool.install(|| bn.forward_relu_t(x.as_tensor(), true).unwrap()))
+            });
+            g.bench_function(format!("forward_backward_{threads}t"), |b| {
+                b.iter(|| {
+                    pool.install(|| {
+                        let loss = bn.forward_relu_t(x.as_tensor(), true).unwrap().sum_all().unwrap();
+                        param_grads::backward(&loss).unwrap()
+                    })
+                })
+            });
+        }
         g.finish();
     }
+}
+
+/// Compute pools of 1 and 2 threads, each paired with its size.
+fn thread_pools() -> Vec<(usize, rayon::ThreadPool)> {
+    [1, 2].into_iter().map(|t| (t, rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap())).collect()
 }
 
 criterion_group!(benches, bench);

@@ -1,13 +1,16 @@
 //! Pack (f32 gradients -> scaled f16/bf16) and unpack (back to f32) of one
 //! default 25 MB bucket, next to a plain memcpy of the same f32 bytes measured
 //! in the same run: the copy is the ceiling a conversion pass can reach.
+//! Then the bucket's own pack and unpack as the trainer runs them, on the
+//! calling thread (`*_1t`) and spread over a pool of 2 threads (`*_2t`).
 
-use candle_mpi::comm::WireElem;
-use candle_mpi::exchange::{pack_scaled, unpack};
+use candle_mpi::comm::{GradDtype, Transport, WireElem};
+use candle_mpi::exchange::{pack_scaled, unpack, WireBucket};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::{bf16, f16};
 
 fn bucket(c: &mut Criterion) {
+    candle_mpi::host::threads::configure(Some(2)).unwrap();
     // A 25 MB f16 bucket holds 13,107,200 gradients.
     let n = 25 * 1024 * 1024 / 2;
     let src: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 1e-3 - 0.5).collect();
@@ -29,6 +32,21 @@ fn bucket(c: &mut Criterion) {
     });
     g.bench_function("pack_bf16_scaled", |bench| bench.iter(|| pack_scaled(std::hint::black_box(&src), 0.5, &mut b)));
     g.bench_function("unpack_bf16", |bench| bench.iter(|| unpack(std::hint::black_box(&b), &mut f32_dst)));
+    // As the trainer's MPI thread calls them, from outside the compute pool:
+    // unsplit on the caller (what `--threads 1` gives), or split over the
+    // global pool of 2 threads.
+    for threads in [1, 2] {
+        let mut bucket = WireBucket::local(GradDtype::F16, n, Transport::Auto);
+        if threads > 1 {
+            bucket.split_over_threads();
+        }
+        g.bench_function(format!("bucket_pack_f16_{threads}t"), |bench| {
+            bench.iter(|| bucket.pack(0, std::hint::black_box(&src), 0.5))
+        });
+        g.bench_function(format!("bucket_unpack_f16_{threads}t"), |bench| {
+            bench.iter(|| bucket.unpack(0, &mut f32_dst))
+        });
+    }
     g.finish();
 }
 
