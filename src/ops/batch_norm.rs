@@ -119,24 +119,52 @@ fn plane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     total
 }
 
-/// Two sums over a plane pair at once (backward's first pass).
+/// g where the fused ReLU passed its input `pre` (pre >= 0, or NaN: candle's
+/// ReLU gradient), else +0. A mask on the bits, not a branch: on random signs
+/// a branch is mispredicted half the time, and the loop would not vectorise.
+#[inline(always)]
+fn through_relu(g: f32, pre: f32) -> f32 {
+    let blocked = ((pre < 0.0) as u32).wrapping_neg();
+    f32::from_bits(g.to_bits() & !blocked)
+}
+
+/// Two sums over a plane pair at once (backward's first pass). The terms of
+/// each 32 values are written out first and summed after: summed as they
+/// were made, the compiler turned a masked term (the fused ReLU) into a
+/// branch per value. The sums are added in the same order either way.
 #[inline(always)]
 fn plane_sum2(x: &[f32], dy: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
+    const TERMS: usize = 32;
     let (mut t0, mut t1) = (0f64, 0f64);
     for (xb, gb) in x.chunks(2048).zip(dy.chunks(2048)) {
         let (mut l0, mut l1) = ([0f32; 8], [0f32; 8]);
-        let (mut xc, mut gc) = (xb.chunks_exact(8), gb.chunks_exact(8));
-        for (xs, gs) in (&mut xc).zip(&mut gc) {
-            for i in 0..8 {
-                let (a, b) = f(xs[i], gs[i]);
-                l0[i] += a;
-                l1[i] += b;
+        for (xs, gs) in xb.chunks(TERMS).zip(gb.chunks(TERMS)) {
+            if xs.len() < 8 {
+                // A plane of a few values (GoogLeNet's 2x2): no lanes to fill.
+                for (&v, &g) in xs.iter().zip(gs) {
+                    let (a, b) = f(v, g);
+                    t0 += a as f64;
+                    t1 += b as f64;
+                }
+                continue;
             }
-        }
-        for (&xv, &gv) in xc.remainder().iter().zip(gc.remainder()) {
-            let (a, b) = f(xv, gv);
-            t0 += a as f64;
-            t1 += b as f64;
+            let (mut terms0, mut terms1) = ([0f32; TERMS], [0f32; TERMS]);
+            for (((&v, &g), a), b) in xs.iter().zip(gs).zip(&mut terms0).zip(&mut terms1) {
+                (*a, *b) = f(v, g);
+            }
+            // Only a block's last piece is shorter than TERMS: its tail of
+            // fewer than 8 values is added one by one, as ever.
+            let (mut ac, mut bc) = (terms0[..xs.len()].chunks_exact(8), terms1[..xs.len()].chunks_exact(8));
+            for (a8, b8) in (&mut ac).zip(&mut bc) {
+                for i in 0..8 {
+                    l0[i] += a8[i];
+                    l1[i] += b8[i];
+                }
+            }
+            for (&a, &b) in ac.remainder().iter().zip(bc.remainder()) {
+                t0 += a as f64;
+                t1 += b as f64;
+            }
         }
         t0 += l0.iter().map(|&v| v as f64).sum::<f64>();
         t1 += l1.iter().map(|&v| v as f64).sum::<f64>();
@@ -293,10 +321,16 @@ impl CustomOp3 for BatchNormGrad {
         let dy_plane = |i: usize, ch: usize| dy_planes.plane(dy, i, ch);
         let sums = channel_sums(&p, |i, ch| {
             let (a, b, m) = (a[ch], b[ch], self.mean[ch] as f32);
-            let (g, gx) = plane_sum2(p.plane(x, i, ch), dy_plane(i, ch), |v, g| {
-                let g = if relu && v * a + b < 0.0 { 0.0 } else { g };
-                (g, g * (v - m))
-            });
+            let (xs, gs) = (p.plane(x, i, ch), dy_plane(i, ch));
+            // Two loops, not a test inside one: each then vectorises.
+            let (g, gx) = if relu {
+                plane_sum2(xs, gs, |v, g| {
+                    let g = through_relu(g, v * a + b);
+                    (g, g * (v - m))
+                })
+            } else {
+                plane_sum2(xs, gs, |v, g| (g, g * (v - m)))
+            };
             [g, gx]
         });
         let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = sums.into_iter().map(|[g, gx]| (g, gx)).unzip();
@@ -310,7 +344,7 @@ impl CustomOp3 for BatchNormGrad {
         for_each_plane(&mut dx, &p, p.channel_major, |i, ch, out| {
             let (a, b, m, mg, kk) = (a[ch], b[ch], self.mean[ch] as f32, mean_g[ch], k[ch]);
             for ((o, &v), &g) in out.iter_mut().zip(p.plane(x, i, ch)).zip(dy_plane(i, ch)) {
-                let g = if relu && v * a + b < 0.0 { 0.0 } else { g };
+                let g = if relu { through_relu(g, v * a + b) } else { g };
                 *o = a * (g - mg - (v - m) * kk);
             }
         });
