@@ -26,7 +26,8 @@ fn bench(c: &mut Criterion) {
     // As the trainer binary does: freed blocks stay in the heap (src/memory.rs).
     candle_mpi::host::memory::keep_freed_memory();
     candle_mpi::host::threads::configure(Some(2)).unwrap();
-    let pools = thread_pools();
+    let pools: Vec<(usize, rayon::ThreadPool)> =
+        [1, 2].into_iter().map(|t| (t, rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap())).collect();
     let dev = Device::Cpu;
     for (name, shape) in SHAPES {
         let varmap = VarMap::new();
@@ -49,11 +50,6 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
-}
-
-/// Compute pools of 1 and 2 threads, each paired with its size.
-fn thread_pools() -> Vec<(usize, rayon::ThreadPool)> {
-    [1, 2].into_iter().map(|t| (t, rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap())).collect()
 }
 
 criterion_group!(benches, bench);

@@ -120,8 +120,9 @@ fn plane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 }
 
 /// g where the fused ReLU passed its input `pre` (pre >= 0, or NaN: candle's
-/// ReLU gradient), else +0. A mask on the bits, not a branch: on random signs
-/// a branch is mispredicted half the time, and the loop would not vectorise.
+/// ReLU gradient), else +0, written as a mask on the bits. The compiler may
+/// still make it a branch where the term is summed as it is made (see
+/// `plane_sum2`).
 #[inline(always)]
 fn through_relu(g: f32, pre: f32) -> f32 {
     let blocked = ((pre < 0.0) as u32).wrapping_neg();
@@ -322,7 +323,6 @@ impl CustomOp3 for BatchNormGrad {
         let sums = channel_sums(&p, |i, ch| {
             let (a, b, m) = (a[ch], b[ch], self.mean[ch] as f32);
             let (xs, gs) = (p.plane(x, i, ch), dy_plane(i, ch));
-            // Two loops, not a test inside one: each then vectorises.
             let (g, gx) = if relu {
                 plane_sum2(xs, gs, |v, g| {
                     let g = through_relu(g, v * a + b);
