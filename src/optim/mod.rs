@@ -80,12 +80,13 @@ impl Sgd {
     /// One update with learning rate `lr`. Parameters without a gradient are
     /// left as they are (and their momentum is not advanced).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> candle_core::Result<()> {
-        let m = self.cfg.momentum;
+        let (m, nesterov) = (self.cfg.momentum, self.cfg.nesterov);
+        let mut in_place = Vec::new();
         for ((_, var), buf) in self.params.iter().zip(self.momentum_buffers.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let wd = if decays(var) { self.cfg.weight_decay } else { 0.0 };
             if var.device().is_cpu() && var.dtype() == DType::F32 {
-                update_in_place(var, &g.contiguous()?, buf, lr, m, wd, self.cfg.nesterov)?;
+                in_place.push((var, g, buf, wd));
                 continue;
             }
             // Detached: the update must not record autograd history, or every
@@ -105,7 +106,14 @@ impl Sgd {
             }
             var.set(&(&p - (d * lr)?)?)?;
         }
-        Ok(())
+        // One task a parameter: most of a network's parameters are a chunk
+        // or two of the update's loop, which alone would leave the other
+        // threads idle, one parameter after another.
+        crate::ops::par::map_owned(in_place, |(var, g, buf, wd)| {
+            update_in_place(var, &g.contiguous()?, buf, lr, m, wd, nesterov)
+        })
+        .into_iter()
+        .collect()
     }
 }
 
