@@ -192,24 +192,19 @@ fn channel_sums<const K: usize>(
     out
 }
 
-/// f(image, channel, plane) for each hw-sized plane of `out`, the planes in
-/// (image, channel) order, or (channel, image) when `channel_major`. One task
-/// per image (or channel) and a plane's place counted, not divided out: with
-/// GoogLeNet's 2x2 and 4x4 planes, a division per plane cost more than the
-/// plane's arithmetic.
-fn for_each_plane(
-    out: &mut [f32],
-    p: &Planes,
-    channel_major: bool,
-    f: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
-) {
+/// A new tensor's values, f(image, channel, plane) writing each hw-sized
+/// plane, the planes in (image, channel) order, or (channel, image) when
+/// `channel_major`. One task per image (or channel) and a plane's place
+/// counted, not divided out: with GoogLeNet's 2x2 and 4x4 planes, a division
+/// per plane cost more than the plane's arithmetic.
+fn plane_by_plane(p: &Planes, channel_major: bool, f: impl Fn(usize, usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
     let block = if channel_major { p.n } else { p.c } * p.hw;
-    super::par::for_each_chunk(out, block, |outer, planes| {
+    super::par::filled(p.count() * p.hw, block, |outer, planes| {
         for (inner, plane) in planes.chunks_mut(p.hw).enumerate() {
             let (i, ch) = if channel_major { (inner, outer) } else { (outer, inner) };
             f(i, ch, plane);
         }
-    });
+    })
 }
 
 /// Per-channel scale and shift: y = x * a + b.
@@ -250,10 +245,9 @@ impl CustomOp3 for BatchNormTrain {
         .map(|[s]| s / per_channel)
         .collect();
         let (a, b) = scale_shift(&gamma, &beta, &mean, &var, self.eps);
-        let mut y = super::par::zeros(p.count() * p.hw);
         let relu = self.relu;
         // The output is (N, C, H, W) contiguous whatever the input's layout.
-        for_each_plane(&mut y, &p, false, |i, ch, out| {
+        let y = plane_by_plane(&p, false, |i, ch, out| {
             let (a, b) = (a[ch], b[ch]);
             let src = p.plane(x, i, ch);
             if relu {
@@ -339,9 +333,8 @@ impl CustomOp3 for BatchNormGrad {
         // dx = a * (g - mean_g - (x - mean) * k), k = sum_gx / (M (var + eps)).
         let mean_g: Vec<f32> = sum_g.iter().map(|s| (s / per_channel) as f32).collect();
         let k: Vec<f32> = sum_gx.iter().zip(&inv_std).map(|(s, is)| (s * is * is / per_channel) as f32).collect();
-        let mut dx = super::par::zeros(p.count() * p.hw);
         // dx in x's storage order (channel-major where x is).
-        for_each_plane(&mut dx, &p, p.channel_major, |i, ch, out| {
+        let dx = plane_by_plane(&p, p.channel_major, |i, ch, out| {
             let (a, b, m, mg, kk) = (a[ch], b[ch], self.mean[ch] as f32, mean_g[ch], k[ch]);
             for ((o, &v), &g) in out.iter_mut().zip(p.plane(x, i, ch)).zip(dy_plane(i, ch)) {
                 let g = if relu { through_relu(g, v * a + b) } else { g };

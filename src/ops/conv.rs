@@ -45,16 +45,9 @@ fn gemm_threads(slices: usize) -> Threads {
     }
 }
 
-/// `data` cut into one part per slice, `per_image` values an image.
-fn split_by_slices<'a>(mut data: &'a mut [f32], slices: &[Vec<Range<usize>>], per_image: usize) -> Vec<&'a mut [f32]> {
-    let mut parts = Vec::with_capacity(slices.len());
-    for groups in slices {
-        let images = groups.last().map_or(0, |g| g.end) - groups.first().map_or(0, |g| g.start);
-        let (part, rest) = std::mem::take(&mut data).split_at_mut(images * per_image);
-        parts.push(part);
-        data = rest;
-    }
-    parts
+/// The length of each slice's part of a tensor, `per_image` values an image.
+fn slice_lens(slices: &[Vec<Range<usize>>], per_image: usize) -> Vec<usize> {
+    slices.iter().map(|groups| (groups.last().map_or(0, |g| g.end) - groups.first().map_or(0, |g| g.start)) * per_image).collect()
 }
 
 /// True where a group's column matrix is the image itself: a pointwise
@@ -87,14 +80,13 @@ type KeptCols = Vec<Option<Vec<f32>>>;
 /// matrices when they are small enough to keep (and not the input itself).
 fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims, relu: bool) -> (Vec<f32>, Option<KeptCols>) {
     let (oc, ohw) = (d.oc, d.ohw());
-    let mut y = super::par::zeros(d.n * oc * ohw);
     let wv = View::rows(weight, oc, d.ckk());
     // A pointwise layer of one image a group multiplies the images themselves: nothing to keep.
     let keep = d.ckk() * d.n * ohw <= KEEP_COLS_UP_TO && !(d.pointwise() && d.group_size() == 1);
     let slices = d.slices((d.ckk() + oc) * d.group_width());
     let threads = gemm_threads(slices.len());
-    let parts = split_by_slices(&mut y, &slices, oc * ohw);
-    let kept = super::par::map_owned(slices.into_iter().zip(parts).collect(), |(groups, y_slice)| {
+    let lens = slice_lens(&slices, oc * ohw);
+    let (mut y, kept) = super::par::filled_parts(&lens, slices, |groups, y_slice| {
         let first = groups.first().map_or(0, |g| g.start);
         let (mut buf, mut product, mut kept) = (Vec::new(), Vec::new(), Vec::new());
         for images in groups {
@@ -144,7 +136,6 @@ fn backward(
     kept: Option<KeptCols>,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (oc, ohw, ckk, chw) = (d.oc, d.ohw(), d.ckk(), d.c * d.hw());
-    let mut dx = super::par::zeros(if wanted.dx { d.n * chw } else { 0 });
     // The weight gradient's GEMM has the pixels as its inner dimension, and
     // both operands hold them contiguous, so the gemm crate gathers one of
     // them element by element into its packed blocks: for a row-major
@@ -158,19 +149,18 @@ fn backward(
     let transposed = oc < ckk && 2 * d.n * ohw >= ckk;
     let slices = d.slices((2 * ckk + oc) * d.group_width());
     let threads = gemm_threads(slices.len());
-    let dx_parts = split_by_slices(&mut dx, &slices, if wanted.dx { chw } else { 0 });
+    let dx_lens = slice_lens(&slices, if wanted.dx { chw } else { 0 });
     // Each slice sums its groups' weight gradients into a partial sum of its own.
     let mut first_group = 0;
     let work: Vec<_> = slices
         .into_iter()
-        .zip(dx_parts)
-        .map(|(groups, dx_slice)| {
+        .map(|groups| {
             first_group += groups.len();
-            (first_group - groups.len(), groups, dx_slice)
+            (first_group - groups.len(), groups)
         })
         .collect();
     let wt = View::rows(weight, oc, ckk).t();
-    let partials = super::par::map_owned(work, |(first_group, groups, dx_slice)| {
+    let (dx, partials) = super::par::filled_parts(&dx_lens, work, |(first_group, groups), dx_slice| {
         let first = groups.first().map_or(0, |g| g.start);
         let mut dw = vec![0f32; oc * ckk];
         let (mut cols, mut dy_cols, mut dcols) = (Vec::new(), Vec::new(), Vec::new());

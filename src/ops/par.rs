@@ -7,6 +7,8 @@
 //! wake-ups per op and nothing run in parallel (docs/performance.md has what
 //! that cost). candle's own CPU ops already run inline then.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 fn one_thread() -> bool {
@@ -77,9 +79,59 @@ pub fn map_owned<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync + Se
 /// at the same offsets.
 pub fn elementwise(len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
     const CHUNK: usize = 1 << 14;
-    let mut out = zeros(len);
-    for_each_chunk(&mut out, CHUNK, |k, chunk| f(k * CHUNK, chunk));
-    out
+    filled(len, CHUNK, |k, chunk| f(k * CHUNK, chunk))
+}
+
+/// A new vector of `len` values, written in parallel: f(index, chunk) fills
+/// the `chunk_len`-sized chunk `index` (the last may be shorter). Each chunk
+/// is zeroed by its own task just before f (f may add into it): the zeros
+/// are written while the chunk is in cache, not in a pass over memory and a
+/// parallel loop of their own.
+pub fn filled(len: usize, chunk_len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    let chunk_len = chunk_len.max(1);
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    let spare = &mut v.spare_capacity_mut()[..len];
+    let fill = |(i, chunk): (usize, &mut [MaybeUninit<f32>])| f(i, zeroed(chunk));
+    if one_thread() {
+        spare.chunks_mut(chunk_len).enumerate().for_each(fill);
+    } else {
+        spare.par_chunks_mut(chunk_len).enumerate().for_each(fill);
+    }
+    // SAFETY: the chunks cover the first `len` elements and `zeroed` wrote each.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// A new vector of consecutive parts, `lens[i]` values long, part i zeroed
+/// and then written by f(items[i], part) on a task of its own (as `filled`
+/// does its chunks); with f's results in order.
+pub fn filled_parts<T: Send, R: Send>(
+    lens: &[usize],
+    items: Vec<T>,
+    f: impl Fn(T, &mut [f32]) -> R + Sync + Send,
+) -> (Vec<f32>, Vec<R>) {
+    assert_eq!(lens.len(), items.len(), "filled_parts: one length per item");
+    let len = lens.iter().sum();
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    let mut spare = &mut v.spare_capacity_mut()[..len];
+    let mut parts = Vec::with_capacity(lens.len());
+    for &part_len in lens {
+        let (part, rest) = std::mem::take(&mut spare).split_at_mut(part_len);
+        parts.push(part);
+        spare = rest;
+    }
+    let results = map_owned(items.into_iter().zip(parts).collect(), |(item, part)| f(item, zeroed(part)));
+    // SAFETY: the parts cover the first `len` elements and `zeroed` wrote each.
+    unsafe { v.set_len(len) };
+    (v, results)
+}
+
+/// `part` with every element written 0.
+fn zeroed(part: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    part.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was written just above, and f32 and
+    // MaybeUninit<f32> have the same layout.
+    unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// `len` zeros, written by the compute threads (a vector that is filled
@@ -102,4 +154,36 @@ pub fn zeros(len: usize) -> Vec<f32> {
     // SAFETY: the first `len` elements were all written just above.
     unsafe { v.set_len(len) };
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
+    }
+
+    /// Every chunk and part starts at zero (f adds into it) and lands in
+    /// its place, at 1 and 2 threads, the last chunk short.
+    #[test]
+    fn filled_chunks_and_parts_start_at_zero_in_place() {
+        let len = 3 * 1000 + 7;
+        let expected: Vec<f32> = (0..len).map(|i| (i / 1000) as f32 + 0.5).collect();
+        for threads in [1, 2] {
+            let chunks = pool(threads).install(|| {
+                filled(len, 1000, |k, chunk| chunk.iter_mut().for_each(|v| *v += k as f32 + 0.5))
+            });
+            assert_eq!(chunks, expected, "filled, {threads} threads");
+            let lens = [1000, 0, 1000, 1000, 7];
+            let (parts, sums) = pool(threads).install(|| {
+                filled_parts(&lens, vec![0, 9, 1, 2, 3], |k, part| {
+                    part.iter_mut().for_each(|v| *v += k as f32 + 0.5);
+                    part.len() * k
+                })
+            });
+            assert_eq!(parts, expected, "filled_parts, {threads} threads");
+            assert_eq!(sums, vec![0, 0, 1000, 2000, 21], "filled_parts' results in order");
+        }
+    }
 }
