@@ -47,7 +47,10 @@ fn gemm_threads(slices: usize) -> Threads {
 
 /// The length of each slice's part of a tensor, `per_image` values an image.
 fn slice_lens(slices: &[Vec<Range<usize>>], per_image: usize) -> Vec<usize> {
-    slices.iter().map(|groups| (groups.last().map_or(0, |g| g.end) - groups.first().map_or(0, |g| g.start)) * per_image).collect()
+    slices
+        .iter()
+        .map(|groups| (groups.last().map_or(0, |g| g.end) - groups.first().map_or(0, |g| g.start)) * per_image)
+        .collect()
 }
 
 /// True where a group's column matrix is the image itself: a pointwise

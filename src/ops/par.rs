@@ -82,16 +82,20 @@ pub fn elementwise(len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> V
     filled(len, CHUNK, |k, chunk| f(k * CHUNK, chunk))
 }
 
-/// A new vector of `len` values, written in parallel: f(index, chunk) fills
+/// A new vector of `len` numbers, written in parallel: f(index, chunk) fills
 /// the `chunk_len`-sized chunk `index` (the last may be shorter). Each chunk
 /// is zeroed by its own task just before f (f may add into it): the zeros
 /// are written while the chunk is in cache, not in a pass over memory and a
 /// parallel loop of their own.
-pub fn filled(len: usize, chunk_len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+pub fn filled<T: Copy + Default + Send>(
+    len: usize,
+    chunk_len: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) -> Vec<T> {
     let chunk_len = chunk_len.max(1);
-    let mut v: Vec<f32> = Vec::with_capacity(len);
+    let mut v: Vec<T> = Vec::with_capacity(len);
     let spare = &mut v.spare_capacity_mut()[..len];
-    let fill = |(i, chunk): (usize, &mut [MaybeUninit<f32>])| f(i, zeroed(chunk));
+    let fill = |(i, chunk): (usize, &mut [MaybeUninit<T>])| f(i, zeroed(chunk));
     if one_thread() {
         spare.chunks_mut(chunk_len).enumerate().for_each(fill);
     } else {
@@ -126,12 +130,12 @@ pub fn filled_parts<T: Send, R: Send>(
     (v, results)
 }
 
-/// `part` with every element written 0.
-fn zeroed(part: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    part.fill(MaybeUninit::new(0.0));
-    // SAFETY: every element was written just above, and f32 and
-    // MaybeUninit<f32> have the same layout.
-    unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) }
+/// `part` with every element written zero (`T::default()`).
+fn zeroed<T: Copy + Default>(part: &mut [MaybeUninit<T>]) -> &mut [T] {
+    part.fill(MaybeUninit::new(T::default()));
+    // SAFETY: every element was written just above, and T and
+    // MaybeUninit<T> have the same layout.
+    unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// `len` zeros, written by the compute threads (a vector that is filled
@@ -172,7 +176,7 @@ mod tests {
         let expected: Vec<f32> = (0..len).map(|i| (i / 1000) as f32 + 0.5).collect();
         for threads in [1, 2] {
             let chunks = pool(threads).install(|| {
-                filled(len, 1000, |k, chunk| chunk.iter_mut().for_each(|v| *v += k as f32 + 0.5))
+                filled(len, 1000, |k, chunk: &mut [f32]| chunk.iter_mut().for_each(|v| *v += k as f32 + 0.5))
             });
             assert_eq!(chunks, expected, "filled, {threads} threads");
             let lens = [1000, 0, 1000, 1000, 7];

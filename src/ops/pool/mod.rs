@@ -196,8 +196,14 @@ fn takes<T: PoolFloat>(v: T, best: T) -> bool {
 /// Output columns from which stride-1 max pooling is separable.
 const SEPARABLE_MIN_WIDTH: usize = 16;
 
-/// Input cells of the planes one task of max pooling takes at least.
+/// Input cells of the planes one task of pooling takes at least.
 const PLANE_CELLS_PER_TASK: usize = 4096;
+
+/// Planes a task takes: enough cells that a task outweighs its hand-over
+/// (GoogLeNet's 4x4 and 2x2 planes are a few dozen cells each).
+fn planes_per_task(plane_cells: usize) -> usize {
+    (PLANE_CELLS_PER_TASK / plane_cells.max(1)).max(1)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -220,6 +226,7 @@ struct PoolOp {
 /// Floats the CPU kernels run on.
 trait PoolFloat:
     Copy
+    + Default
     + Send
     + Sync
     + PartialOrd
@@ -305,8 +312,7 @@ impl PoolOp {
     fn max_forward<T: PoolFloat>(&self, x: &[T], planes: usize) -> (Vec<T>, Vec<u32>) {
         let (ih, iw) = (self.h.input, self.w.input);
         let (oh, ow) = (self.h.len(), self.w.len());
-        // Planes a task takes: enough cells that a task outweighs its hand-over.
-        let per_task = (PLANE_CELLS_PER_TASK / (ih * iw).max(1)).max(1);
+        let per_task = planes_per_task(ih * iw);
         let mut out = vec![T::ZERO; planes * oh * ow];
         let mut at = vec![0u32; planes * oh * ow];
         super::par::for_each_chunk_pair(&mut out, &mut at, per_task * oh * ow, |task, val, cell| {
@@ -339,14 +345,17 @@ impl PoolOp {
     fn max_forward_by_window<T: PoolFloat>(&self, x: &[T], planes: usize) -> (Vec<T>, Vec<u32>) {
         let (ih, iw) = (self.h.input, self.w.input);
         let (oh, ow) = (self.h.len(), self.w.len());
+        let per_task = planes_per_task(ih * iw);
         let mut out = vec![T::ZERO; planes * oh * ow];
         let mut at = vec![0u32; planes * oh * ow];
-        super::par::for_each_chunk_pair(&mut out, &mut at, oh * ow, |p, val, cell| {
-            let plane = &x[p * ih * iw..(p + 1) * ih * iw];
-            for o_h in 0..oh {
-                for o_w in 0..ow {
-                    let a = self.argmax(plane, iw, o_h, o_w);
-                    (val[o_h * ow + o_w], cell[o_h * ow + o_w]) = (plane[a], a as u32);
+        super::par::for_each_chunk_pair(&mut out, &mut at, per_task * oh * ow, |task, val, cell| {
+            for (k, (val, cell)) in val.chunks_mut(oh * ow).zip(cell.chunks_mut(oh * ow)).enumerate() {
+                let plane = &x[(task * per_task + k) * ih * iw..][..ih * iw];
+                for o_h in 0..oh {
+                    for o_w in 0..ow {
+                        let a = self.argmax(plane, iw, o_h, o_w);
+                        (val[o_h * ow + o_w], cell[o_h * ow + o_w]) = (plane[a], a as u32);
+                    }
                 }
             }
         });
@@ -369,47 +378,55 @@ impl PoolOp {
             self.argmax.put(at);
             return out;
         }
-        let mut out = vec![T::ZERO; planes * oh * ow];
-        super::par::for_each_chunk(&mut out, oh * ow, |p, dst| {
-            let plane = &x[p * ih * iw..(p + 1) * ih * iw];
-            for o_h in 0..oh {
-                for o_w in 0..ow {
-                    dst[o_h * ow + o_w] = match self.kind {
-                        Kind::Max => plane[self.argmax(plane, iw, o_h, o_w)],
-                        Kind::Avg => {
-                            let mut sum = T::ZERO;
-                            for i in self.h.start[o_h]..self.h.end[o_h] {
-                                for j in self.w.start[o_w]..self.w.end[o_w] {
-                                    sum += plane[i * iw + j];
+        let per_task = planes_per_task(ih * iw);
+        super::par::filled(planes * oh * ow, per_task * oh * ow, |task, dst| {
+            for (k, dst) in dst.chunks_mut(oh * ow).enumerate() {
+                let plane = &x[(task * per_task + k) * ih * iw..][..ih * iw];
+                for o_h in 0..oh {
+                    for o_w in 0..ow {
+                        dst[o_h * ow + o_w] = match self.kind {
+                            Kind::Max => plane[self.argmax(plane, iw, o_h, o_w)],
+                            Kind::Avg => {
+                                let mut sum = T::ZERO;
+                                for i in self.h.start[o_h]..self.h.end[o_h] {
+                                    for j in self.w.start[o_w]..self.w.end[o_w] {
+                                        sum += plane[i * iw + j];
+                                    }
                                 }
+                                sum / T::from_count(self.h.divisor[o_h] * self.w.divisor[o_w])
                             }
-                            sum / T::from_count(self.h.divisor[o_h] * self.w.divisor[o_w])
-                        }
-                    };
+                        };
+                    }
                 }
             }
-        });
-        out
+        })
     }
 
     /// Gradient of the input from the gradient of the output (`x` is needed by max only).
     fn backward<T: PoolFloat>(&self, x: Option<&[T]>, grad_out: &[T], planes: usize) -> Vec<T> {
         let (ih, iw) = (self.h.input, self.w.input);
         let (oh, ow) = (self.h.len(), self.w.len());
-        let mut grad_in = vec![T::ZERO; planes * ih * iw];
+        let per_task = planes_per_task(ih * iw);
+        // f(plane, its gradient) for each plane, the planes of a task in turn.
+        let by_plane = |f: &(dyn Fn(usize, &mut [T]) + Sync)| {
+            super::par::filled(planes * ih * iw, per_task * ih * iw, |task, dst| {
+                for (k, dst) in dst.chunks_mut(ih * iw).enumerate() {
+                    f(task * per_task + k, dst);
+                }
+            })
+        };
         let kept = if x.is_some() { self.argmax.take() } else { None };
         if let Some(at) = kept.filter(|at| at.len() == grad_out.len()) {
             // Max pooling after a CPU forward: route each output's gradient to
             // its argmax, in the same order as the search below would.
-            super::par::for_each_chunk(&mut grad_in, ih * iw, |p, dst| {
+            return by_plane(&|p, dst| {
                 let range = p * oh * ow..(p + 1) * oh * ow;
                 for (&a, &go) in at[range.clone()].iter().zip(&grad_out[range]) {
                     dst[a as usize] += go;
                 }
             });
-            return grad_in;
         }
-        super::par::for_each_chunk(&mut grad_in, ih * iw, |p, dst| {
+        by_plane(&|p, dst| {
             let g = &grad_out[p * oh * ow..(p + 1) * oh * ow];
             for o_h in 0..oh {
                 for o_w in 0..ow {
@@ -430,8 +447,7 @@ impl PoolOp {
                     }
                 }
             }
-        });
-        grad_in
+        })
     }
 }
 
