@@ -288,3 +288,35 @@ fn resnet50_trains_at_every_input_size() {
 fn googlenet_trains_at_every_input_size() {
     every_input_size(ModelKind::Googlenet, 2);
 }
+
+/// GoogLeNet's inception branches run side by side on two compute threads
+/// and one after another on one: the logits and every gradient keep their
+/// bits.
+#[test]
+fn googlenet_gives_the_same_bits_on_one_and_two_threads() {
+    let run = |threads: usize| -> Vec<Vec<u32>> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let dev = Device::Cpu;
+            let cfg = ModelConfig { dropout: Some(0.0), ..ModelConfig::new(10, 64) };
+            let store = ParamStore::new(5);
+            let net = ModelKind::Googlenet.build(&cfg, store.var_builder(DType::F32, &dev)).unwrap();
+            let x = randn((4, 3, 64, 64), 105);
+            let y = Tensor::new(&[1u32, 7, 3, 9], &dev).unwrap();
+            let logits = net.forward_t(&x, true).unwrap();
+            let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
+            let grads = candle_mpi::ops::param_grads::backward(&loss).unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+            };
+            let mut out = vec![bits(&logits)];
+            out.extend(store.trainable_sorted().iter().map(|(_, v)| bits(grads.get(v.as_tensor()).unwrap())));
+            out
+        })
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one.len(), two.len());
+    for (i, (a, b)) in one.iter().zip(&two).enumerate() {
+        assert!(a == b, "tensor {i} (0: the logits, then the gradients by name) differs between 1 and 2 threads");
+    }
+}

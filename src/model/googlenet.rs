@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 
 use super::batch_norm::{batch_norm, BatchNorm2d};
 
-use super::layers::{conv, dropout, linear, Conv, ConvSpec, Linear, WeightInit};
+use super::layers::{conv, dropout, linear, side_by_side, Conv, ConvSpec, Linear, WeightInit};
 use super::network::{ModelConfig, Network};
 use crate::ops::pool::{adaptive_avg_pool2d, max_pool2d, Pool2d};
 
@@ -73,12 +73,14 @@ impl Inception {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let b1 = self.branch1.forward_t(x, train)?;
-        let b2 = self.branch2[1].forward_t(&self.branch2[0].forward_t(x, train)?, train)?;
-        let b3 = self.branch3[1].forward_t(&self.branch3[0].forward_t(x, train)?, train)?;
-        let pooled = max_pool2d(x, Pool2d::new(3, 1).padding(1).ceil())?;
-        let b4 = self.branch4.forward_t(&pooled, train)?;
-        Tensor::cat(&[b1, b2, b3, b4], 1)
+        let b1 = || self.branch1.forward_t(x, train);
+        let b2 = || self.branch2[1].forward_t(&self.branch2[0].forward_t(x, train)?, train);
+        let b3 = || self.branch3[1].forward_t(&self.branch3[0].forward_t(x, train)?, train);
+        let b4 = || self.branch4.forward_t(&max_pool2d(x, Pool2d::new(3, 1).padding(1).ceil())?, train);
+        // The branches are independent: side by side on the compute threads,
+        // their small ops keep both cores busy where each alone would not.
+        let ((b1, b2), (b3, b4)) = side_by_side(|| side_by_side(b1, b2), || side_by_side(b3, b4));
+        Tensor::cat(&[b1?, b2?, b3?, b4?], 1)
     }
 }
 

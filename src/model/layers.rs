@@ -36,6 +36,20 @@ pub fn count_macs<R>(f: impl FnOnce() -> R) -> (R, u64) {
     (out, total)
 }
 
+/// a() and b() side by side on the compute threads when called from one of
+/// them, else one after the other; in turn, too, while a multiply-add count
+/// is open on this thread, since the count is the thread's own. Each op's
+/// arithmetic follows from its shapes alone, so the values are the same
+/// either way.
+pub fn side_by_side<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    let counting = MACS.with(|m| m.get().is_some());
+    if counting || rayon::current_thread_index().is_none() {
+        (a(), b())
+    } else {
+        rayon::join(a, b)
+    }
+}
+
 /// How a weight tensor is initialised (the schemes the torchvision definitions use).
 #[derive(Clone, Copy, Debug)]
 pub enum WeightInit {
