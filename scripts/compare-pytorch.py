@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 
+from arg_types import int_list, positive
+
 EXE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "candle-mpi")
 MODELS = ["alexnet", "vgg16", "resnet50", "googlenet"]
 
@@ -85,23 +87,6 @@ def candle_round(model, threads, size, batch, steps, warmup):
         with open(os.path.join(out, "summary.json")) as f:
             s = json.load(f)
         return {"step_s": s["step_s_median"], "peak_rss_mib": s["peak_rss_mib"][0]}
-
-
-def int_list(text):
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers separated by commas, e.g. 1,2")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers separated by commas, e.g. 1,2")
-    return values
-
-
-def positive(text):
-    values = int_list(text)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected one positive integer")
-    return values[0]
 
 
 def main():

@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 
+from arg_types import int_list, positive
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXE = os.path.join(HERE, "..", "target", "release", "candle-mpi")
 COMPARE = os.path.join(HERE, "compare-pytorch.py")
@@ -72,23 +74,6 @@ def run(start, finish, model, size, a, threads, copies):
         outs = [os.path.join(tmp, str(i)) for i in range(copies)]
         procs = [start(model, threads, size, a, out) for out in outs]
         return [finish(p, out) for p, out in zip(procs, outs)]
-
-
-def int_list(text):
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers separated by commas, e.g. 64,128")
-    return values
-
-
-def positive(text):
-    values = int_list(text)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected one positive integer")
-    return values[0]
 
 
 def main():
