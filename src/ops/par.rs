@@ -139,25 +139,14 @@ fn zeroed<T: Copy + Default>(part: &mut [MaybeUninit<T>]) -> &mut [T] {
 }
 
 /// `len` zeros, written by the compute threads (a vector that is filled
-/// again and again from the kept heap costs a pass over memory to clear).
+/// again and again from the kept heap costs a pass over memory to clear);
+/// fewer than two chunks' worth on the calling thread.
 pub fn zeros(len: usize) -> Vec<f32> {
     const CHUNK: usize = 1 << 16;
-    let mut v: Vec<f32> = Vec::with_capacity(len);
-    let spare = &mut v.spare_capacity_mut()[..len];
-    if one_thread() || len < 2 * CHUNK {
-        spare.iter_mut().for_each(|x| {
-            x.write(0.0);
-        });
-    } else {
-        spare.par_chunks_mut(CHUNK).for_each(|c| {
-            c.iter_mut().for_each(|x| {
-                x.write(0.0);
-            })
-        });
+    if len < 2 * CHUNK {
+        return vec![0.0; len];
     }
-    // SAFETY: the first `len` elements were all written just above.
-    unsafe { v.set_len(len) };
-    v
+    filled(len, CHUNK, |_, _| {})
 }
 
 #[cfg(test)]
