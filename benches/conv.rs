@@ -17,7 +17,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 /// One layer: (name, batch, in channels, out channels, input side, kernel, stride, padding).
 type Layer = (&'static str, usize, usize, usize, usize, usize, usize, usize);
 
-const LAYERS: [Layer; 7] = [
+const LAYERS: [Layer; 11] = [
     ("alexnet_conv1_11x11s4", 16, 3, 64, 64, 11, 4, 2),
     ("vgg16_conv1_2_3x3_64ch", 16, 64, 64, 64, 3, 1, 1),
     ("resnet50_layer1_1x1_256to64", 16, 256, 64, 16, 1, 1, 0),
@@ -26,6 +26,12 @@ const LAYERS: [Layer; 7] = [
     ("googlenet_3a_branch1_1x1_192to64", 16, 192, 64, 8, 1, 1, 0),
     // At a 128-pixel input: 16 pixels an image, so the whole batch is one GEMM group.
     ("resnet50_layer4_3x3_512ch_at_128px", 16, 512, 512, 4, 3, 1, 1),
+    // At 64 pixels ResNet50's last stage sees 2x2: 64 columns, one group.
+    ("resnet50_layer4_3x3_512ch", 16, 512, 512, 2, 3, 1, 1),
+    ("resnet50_layer4_1x1_512to2048", 16, 512, 2048, 2, 1, 1, 0),
+    // GoogLeNet's 4a (4x4, the batch in two halves) and 5a (2x2, one group).
+    ("googlenet_4a_branch1_1x1_480to192", 16, 480, 192, 4, 1, 1, 0),
+    ("googlenet_5a_branch1_1x1_832to384", 16, 832, 384, 2, 1, 1, 0),
 ];
 
 fn conv(c: &mut Criterion) {

@@ -129,34 +129,36 @@ const SLICE_SCRATCH_BYTES: usize = 64 << 20;
 /// column (image, oh, ow).
 pub(crate) fn im2col(x: &[f32], d: &Dims, images: Range<usize>, cols: &mut Vec<f32>) {
     let Geometry { kernel: k, stride, padding } = d.g;
-    let (h, w, oh, ow) = (d.h, d.w, d.oh, d.ow);
-    let width = images.len() * d.ohw();
+    let (hw, ohw) = (d.hw(), d.ohw());
+    let width = images.len() * ohw;
     // Every element is written below (padding as zeros), so the buffer of the
     // previous group is reused without clearing it first.
     cols.resize(d.ckk() * width, 0.0);
+    let cols_in = inside(k, d.w, d.ow, stride, padding);
+    let rows_in = inside(k, d.h, d.oh, stride, padding);
     // One row per (c, ki, kj): rows are independent.
     super::par::for_each_chunk(cols, width, |row, dst| {
         let (ci, ki, kj) = (row / (k * k), (row / k) % k, row % k);
-        // Output columns whose input column lies inside the image.
-        let lo = padding.saturating_sub(kj).div_ceil(stride).min(ow);
-        let hi = ((w + padding).saturating_sub(kj)).div_ceil(stride).clamp(lo, ow);
+        let (rows, span) = (&rows_in[ki], &cols_in[kj]);
         for (j, b) in images.clone().enumerate() {
-            let plane = &x[(b * d.c + ci) * h * w..][..h * w];
-            for y in 0..oh {
-                let iy = (y * stride + ki) as isize - padding as isize;
-                let out = &mut dst[(j * oh + y) * ow..][..ow];
-                if iy < 0 || iy >= h as isize || lo == hi {
+            let plane = &x[(b * d.c + ci) * hw..][..hw];
+            let image = &mut dst[j * ohw..][..ohw];
+            if d.pointwise() {
+                image.copy_from_slice(plane);
+                continue;
+            }
+            for (y, out) in image.chunks_mut(d.ow).enumerate() {
+                if y < rows.lo || y >= rows.hi || span.lo == span.hi {
                     out.fill(0.0);
                     continue;
                 }
-                out[..lo].fill(0.0);
-                out[hi..].fill(0.0);
-                let src = &plane[iy as usize * w..][..w];
-                let first = lo * stride + kj - padding;
+                out[..span.lo].fill(0.0);
+                out[span.hi..].fill(0.0);
+                let src = &plane[(y * stride + ki - padding) * d.w..][..d.w];
                 if stride == 1 {
-                    out[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                    out[span.lo..span.hi].copy_from_slice(&src[span.first..span.first + (span.hi - span.lo)]);
                 } else {
-                    for (o, xo) in out[lo..hi].iter_mut().zip((first..).step_by(stride)) {
+                    for (o, xo) in out[span.lo..span.hi].iter_mut().zip((span.first..).step_by(stride)) {
                         *o = src[xo];
                     }
                 }
@@ -169,42 +171,72 @@ pub(crate) fn im2col(x: &[f32], d: &Dims, images: Range<usize>, cols: &mut Vec<f
 /// im2col's adjoint.
 pub(crate) fn col2im(cols: &[f32], d: &Dims, images: Range<usize>, dx: &mut [f32]) {
     let Geometry { kernel: k, stride, padding } = d.g;
-    let (c, h, w, oh, ow) = (d.c, d.h, d.w, d.oh, d.ow);
-    let width = images.len() * d.ohw();
-    // One (image, channel) plane per task; within it, rows in (ki, kj) order.
-    super::par::for_each_chunk(dx, h * w, |plane_index, plane| {
-        let (j, ci) = (plane_index / c, plane_index % c);
-        for ki in 0..k {
-            for kj in 0..k {
-                let src = &cols[((ci * k + ki) * k + kj) * width + j * oh * ow..][..oh * ow];
-                let lo = padding.saturating_sub(kj).div_ceil(stride).min(ow);
-                let hi = ((w + padding).saturating_sub(kj)).div_ceil(stride).clamp(lo, ow);
-                if lo == hi {
-                    // This kernel column reads only padding (its first input column would lie before 0).
-                    continue;
-                }
-                for y in 0..oh {
-                    let iy = (y * stride + ki) as isize - padding as isize;
-                    if iy < 0 || iy >= h as isize {
+    let (c, hw, ohw) = (d.c, d.hw(), d.ohw());
+    let width = images.len() * ohw;
+    // Which output columns and rows of each kernel offset read inside the
+    // image: the same for every plane, so worked out once (a plane of a
+    // few pixels costs less than the divisions that find them).
+    let cols_in = inside(k, d.w, d.ow, stride, padding);
+    let rows_in = inside(k, d.h, d.oh, stride, padding);
+    // Several small planes a task, each task's planes in (image, channel) order.
+    let per_task = (PLANE_CELLS_PER_TASK / hw.max(1)).max(1);
+    super::par::for_each_chunk(dx, per_task * hw, |task, planes| {
+        let first = task * per_task;
+        for (p, plane) in planes.chunks_mut(hw).enumerate() {
+            let (j, ci) = ((first + p) / c, (first + p) % c);
+            if d.pointwise() {
+                let src = &cols[ci * width + j * hw..][..hw];
+                plane.iter_mut().zip(src).for_each(|(r, &v)| *r += v);
+                continue;
+            }
+            for (ki, rows) in rows_in.iter().enumerate() {
+                for (kj, span) in cols_in.iter().enumerate() {
+                    let src = &cols[((ci * k + ki) * k + kj) * width + j * ohw..][..ohw];
+                    if span.lo == span.hi {
+                        // This kernel column reads only padding.
                         continue;
                     }
-                    let row = &mut plane[iy as usize * w..][..w];
-                    let first = lo * stride + kj - padding;
-                    let src = &src[y * ow + lo..y * ow + hi];
-                    if stride == 1 {
-                        // Slices side by side: the compiler vectorizes this.
-                        for (r, &v) in row[first..first + src.len()].iter_mut().zip(src) {
-                            *r += v;
-                        }
-                    } else {
-                        for (xo, &v) in (first..).step_by(stride).zip(src) {
-                            row[xo] += v;
+                    for y in rows.lo..rows.hi {
+                        let row = &mut plane[(y * stride + ki - padding) * d.w..][..d.w];
+                        let src = &src[y * d.ow + span.lo..y * d.ow + span.hi];
+                        if stride == 1 {
+                            // Slices side by side: the compiler vectorizes this.
+                            for (r, &v) in row[span.first..span.first + src.len()].iter_mut().zip(src) {
+                                *r += v;
+                            }
+                        } else {
+                            for (xo, &v) in (span.first..).step_by(stride).zip(src) {
+                                row[xo] += v;
+                            }
                         }
                     }
                 }
             }
         }
     });
+}
+
+/// Pixels col2im's tasks take at least (planes of fewer go several to a task).
+const PLANE_CELLS_PER_TASK: usize = 4096;
+
+/// For one kernel offset along an axis: the output positions lo..hi whose
+/// input position (first for lo, then every stride-th) lies inside the image.
+struct Span {
+    lo: usize,
+    hi: usize,
+    first: usize,
+}
+
+/// The `Span` of each kernel offset 0..k along an axis of `input` pixels
+/// and `output` outputs.
+fn inside(k: usize, input: usize, output: usize, stride: usize, padding: usize) -> Vec<Span> {
+    (0..k)
+        .map(|o| {
+            let lo = padding.saturating_sub(o).div_ceil(stride).min(output);
+            let hi = ((input + padding).saturating_sub(o)).div_ceil(stride).clamp(lo, output);
+            Span { lo, hi, first: (lo * stride + o).saturating_sub(padding) }
+        })
+        .collect()
 }
 
 /// The column matrix (C*k*k, N*OH*OW) of every image of x (N, C, H, W):
