@@ -9,8 +9,9 @@
 // ox * stride + kj - padding], 0 where that lies in the padding.
 
 // One thread per element of cols.
-extern "C" __global__ void im2col_f32(const float *x, float *cols, int images, int c, int h, int w, int k,
-                                      int stride, int padding, int oh, int ow) {
+extern "C" __global__ void __launch_bounds__(1024)
+im2col_f32(const float *x, float *cols, int images, int c, int h, int w, int k,
+           int stride, int padding, int oh, int ow) {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     long ohw = (long)oh * ow;
     long width = images * ohw;
@@ -33,8 +34,9 @@ extern "C" __global__ void im2col_f32(const float *x, float *cols, int images, i
 // One thread per element of dx (images, c, h, w): the sum of the column
 // entries that read it, added in (ki, kj) order from 0 as the CPU's
 // col2im adds them, so no atomics and the same rounding.
-extern "C" __global__ void col2im_f32(const float *cols, float *dx, int images, int c, int h, int w, int k,
-                                      int stride, int padding, int oh, int ow) {
+extern "C" __global__ void __launch_bounds__(1024)
+col2im_f32(const float *cols, float *dx, int images, int c, int h, int w, int k,
+           int stride, int padding, int oh, int ow) {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     long total = (long)images * c * h * w;
     if (idx >= total) return;

@@ -53,14 +53,16 @@ __device__ void unpack(const W *bucket, unsigned long long len, float *out, cons
 }
 
 #define PACK_KERNELS(NAME, W)                                                                                       \
-    extern "C" __global__ void pack_##NAME(const unsigned long long *srcs, const unsigned long long *src_off,       \
-                                           const unsigned long long *bucket_off, int pieces, W *bucket,              \
-                                           unsigned long long len, float scale) {                                  \
+    extern "C" __global__ void __launch_bounds__(1024)                                                              \
+    pack_##NAME(const unsigned long long *srcs, const unsigned long long *src_off,                                  \
+                const unsigned long long *bucket_off, int pieces, W *bucket,                                        \
+                unsigned long long len, float scale) {                                                              \
         pack(srcs, src_off, bucket_off, pieces, bucket, len, scale);                                               \
     }                                                                                                               \
-    extern "C" __global__ void unpack_##NAME(const W *bucket, unsigned long long len, float *out,                  \
-                                             const unsigned long long *out_off, const unsigned long long *bucket_off, \
-                                             int pieces, unsigned long long *nonfinite) {                          \
+    extern "C" __global__ void __launch_bounds__(1024)                                                              \
+    unpack_##NAME(const W *bucket, unsigned long long len, float *out,                                              \
+                  const unsigned long long *out_off, const unsigned long long *bucket_off,                          \
+                  int pieces, unsigned long long *nonfinite) {                                                      \
         unpack(bucket, len, out, out_off, bucket_off, pieces, nonfinite);                                          \
     }
 

@@ -33,8 +33,9 @@ __device__ int window_argmax(const float *plane, int iw, const Windows &w, int o
 }
 
 // One thread per output element of planes x oh x ow.
-extern "C" __global__ void pool2d_fwd_f32(const float *x, float *y, const unsigned *win,
-                                          int planes, int ih, int iw, int oh, int ow, int is_max) {
+extern "C" __global__ void __launch_bounds__(1024)
+pool2d_fwd_f32(const float *x, float *y, const unsigned *win,
+               int planes, int ih, int iw, int oh, int ow, int is_max) {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     long total = (long)planes * oh * ow;
     if (idx >= total) return;
@@ -57,8 +58,9 @@ extern "C" __global__ void pool2d_fwd_f32(const float *x, float *y, const unsign
 // One thread per input element: adds the gradient of every output whose
 // window holds it (max: whose argmax it is), in increasing output order as
 // the CPU op does, so no atomics and no order-dependent rounding.
-extern "C" __global__ void pool2d_bwd_f32(const float *x, const float *gy, float *gx, const unsigned *win,
-                                          int planes, int ih, int iw, int oh, int ow, int is_max) {
+extern "C" __global__ void __launch_bounds__(1024)
+pool2d_bwd_f32(const float *x, const float *gy, float *gx, const unsigned *win,
+               int planes, int ih, int iw, int oh, int ow, int is_max) {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     long total = (long)planes * ih * iw;
     if (idx >= total) return;

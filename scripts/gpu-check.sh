@@ -117,12 +117,23 @@ for line in sys.stdin:
   log "packed: $PACK/payload.tar.xz, $((size / 1024 / 1024)) MiB of at most $LIMIT_MIB; $PACK/MANIFEST lists it"
 }
 
+# The pack unpacked into $1 by Python's tarfile, as tar would (the pack is
+# our own): the GPU machine may lack xz.
+unpack_payload() {
+  python3 - "$PACK/payload.tar.xz" "$1" <<'PY'
+import sys, tarfile
+trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+with tarfile.open(sys.argv[1], "r:xz") as pack:
+    pack.extractall(sys.argv[2], **trusted)
+PY
+}
+
 run() {
   [ -f "$PACK/payload.tar.xz" ] || { log "no $PACK/payload.tar.xz: run 'bash scripts/gpu-check.sh pack' first, then carry $PACK"; exit 1; }
   local root=${CANDLE_MPI_GPU_ROOT:-/tmp/candle-mpi-gpu}
   rm -rf "$root"
   mkdir -p "$root"
-  tar -C "$root" -xJf "$PACK/payload.tar.xz"
+  unpack_payload "$root"
   local out=${OUT:-gpu-check-out}
   mkdir -p "$out"
   exec python3 scripts/gpu_check.py --root "$root" --out "$out" --budget-s "${CANDLE_MPI_GPU_BUDGET_S:-450}"
@@ -158,7 +169,7 @@ echo "NVIDIA H200, 580.159.04, 143771 MiB, 9.0, 00000000:18:00.0"
     return
   fi
   mkdir -p "$tmp/stubs" "$tmp/root"
-  tar -C "$tmp/root" -xJf "$PACK/payload.tar.xz"
+  unpack_payload "$tmp/root"
   eval "$(bash scripts/setup-cuda-toolkit.sh)"
   local cuda_lib
   cuda_lib=$(dirname "$(command -v nvcc)")/../lib

@@ -74,7 +74,8 @@ pub struct DeviceBuckets {
 /// piece count and the bucket's length; and the table the pieces'
 /// gradient addresses are copied into each step.
 struct BucketTables {
-    grid: LaunchConfig,
+    /// None for a bucket of no values: nothing to launch.
+    grid: Option<LaunchConfig>,
     srcs: CudaSlice<u64>,
     src_off: CudaSlice<u64>,
     bucket_off: CudaSlice<u64>,
@@ -229,6 +230,9 @@ impl Run<'_> {
     /// table, one launch.
     fn pack<T: DeviceWire>(&mut self, b: usize, addresses: &[u64], bucket: &mut CudaSlice<T>) -> anyhow::Result<()> {
         let t = &mut self.tables[b];
+        let Some(grid) = t.grid else {
+            return Ok(());
+        };
         let srcs: Vec<u64> = self.plan[b].iter().map(|p| addresses[p.param]).collect();
         if !srcs.is_empty() {
             self.dev.memcpy_htod(srcs.as_slice(), &mut t.srcs)?;
@@ -237,7 +241,7 @@ impl Run<'_> {
         let mut l = pack.builder();
         l.arg(&t.srcs).arg(&t.src_off).arg(&t.bucket_off).arg(&t.pieces).arg(&mut *bucket).arg(&t.len).arg(&self.scale);
         // SAFETY: arguments match T::PACK in kernels/pack.cu; every address is a live gradient.
-        unsafe { l.launch(t.grid) }.w()?;
+        unsafe { l.launch(grid) }.w()?;
         Ok(())
     }
 
@@ -251,11 +255,14 @@ impl Run<'_> {
         let mut nonfinite = self.dev.alloc_zeros::<u64>(1)?;
         let unpack = self.dev.get_or_load_custom_func(T::UNPACK, MODULE, PTX)?;
         for (t, bucket) in self.tables.iter().zip(buckets) {
+            let Some(grid) = t.grid else {
+                continue;
+            };
             let mut l = unpack.builder();
             l.arg(bucket).arg(&t.len).arg(&mut out).arg(&t.out_off).arg(&t.bucket_off).arg(&t.pieces);
             l.arg(&mut nonfinite);
             // SAFETY: arguments match T::UNPACK in kernels/pack.cu; every offset lies inside `out`.
-            unsafe { l.launch(t.grid) }.w()?;
+            unsafe { l.launch(grid) }.w()?;
         }
         let count = self.dev.clone_dtoh(&nonfinite)?[0] as usize;
         let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, self.dev.clone()));

@@ -96,12 +96,17 @@ pub fn configure(threads: Option<usize>) -> anyhow::Result<usize> {
 /// Stack of each compute thread: candle's backward walks the graph recursively.
 const COMPUTE_STACK_BYTES: usize = 16 << 20;
 
-/// Runs `f` on one of the compute threads (rayon's pool) and waits for it.
-/// The parallel loops inside then split work among threads already in the
-/// pool, where a loop started from outside hands its work over and sleeps,
-/// and wakes the pool again for every part of every GEMM.
-pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_num_threads() <= 1 || rayon::current_thread_index().is_some() {
+/// Runs `f`, the work of `device`, on one of the compute threads (rayon's
+/// pool) and waits for it. The parallel loops inside then split work among
+/// threads already in the pool, where a loop started from outside hands its
+/// work over and sleeps, and wakes the pool again for every part of every
+/// GEMM. A GPU's work stays on the calling thread: candle queues it on the
+/// calling thread's own stream, and the rest of the step (the upload, the
+/// exchange, the update) is queued from this thread, on this thread's
+/// stream, in order with it; and `side_by_side` runs branches in turn off
+/// the pool, so no two threads queue work at once.
+pub fn on_compute_threads<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
+    if !device.is_cpu() || rayon::current_num_threads() <= 1 || rayon::current_thread_index().is_some() {
         return f();
     }
     let mut out = None;

@@ -31,8 +31,10 @@ fn launch(
         .map(|v| int_arg(v, op))
         .into_iter()
         .collect::<Result<Vec<i32>>>()?;
+    let Some(grid) = one_thread_per_element(out.len(), op)? else {
+        return Ok(());
+    };
     let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
-    let grid = one_thread_per_element(out.len(), op)?;
     let mut b = func.builder();
     b.arg(input).arg(out);
     for s in &sizes {

@@ -117,7 +117,7 @@ impl Run<'_> {
         let (x, y) = to_tensors(host.pixels, host.labels, self.channels, cfg.image_size, self.device)?;
         let nan = fault::hits(cfg.fault, FaultKind::Nan, rank, step + 1);
         let net = &self.net;
-        let (loss, mut grads) = crate::host::threads::on_compute_threads(|| -> candle_core::Result<_> {
+        let (loss, mut grads) = crate::host::threads::on_compute_threads(self.device, || -> candle_core::Result<_> {
             let mut loss = candle_nn::loss::cross_entropy(&net.forward_t(&x, true)?, &y)?;
             if nan {
                 loss = (loss * f64::NAN)?;

@@ -14,6 +14,7 @@
 #define __global__
 #define __device__
 #define __host__
+#define __launch_bounds__(threads)
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;

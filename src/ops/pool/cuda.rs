@@ -51,8 +51,10 @@ fn launch(
     let win = dev.clone_htod(windows)?;
     // SAFETY: every element is written by the kernel.
     let out = unsafe { dev.alloc::<f32>(threads)? };
+    let Some(grid) = one_thread_per_element(threads, op)? else {
+        return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+    };
     let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
-    let grid = one_thread_per_element(threads, op)?;
     let (planes, ih, iw) = (int_arg(d.planes, op)?, int_arg(d.ih, op)?, int_arg(d.iw, op)?);
     let (oh, ow, m) = (int_arg(d.oh, op)?, int_arg(d.ow, op)?, i32::from(is_max));
     let mut b = func.builder();
