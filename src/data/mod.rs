@@ -86,9 +86,7 @@ impl Dataset for Synthetic {
     }
     fn sample(&self, i: usize, _size: usize, out: &mut [f32]) -> anyhow::Result<u32> {
         let mut rng = Rng::keyed(self.seed, 0xda7a_0000_0000 ^ i as u64);
-        for v in out.iter_mut() {
-            *v = rng.normal() as f32;
-        }
+        rng.fill_normal(out);
         Ok(rng.below(self.classes as u64) as u32)
     }
 }
