@@ -12,11 +12,13 @@
 //! step's only synchronisation. The offset tables are uploaded once (the
 //! plan does not change); each step copies, per bucket, the addresses of
 //! its pieces' gradients (candle allocates them anew) into a table
-//! allocated once, and nothing else crosses to the host but the count.
+//! allocated once, from a page-locked host table of its own, so the copy is
+//! queued like a launch rather than staged while the host waits; nothing
+//! else crosses to the host but the count.
 
 use candle_core::backprop::GradStore;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
@@ -72,11 +74,12 @@ pub struct DeviceBuckets {
 /// change from step to step: the grid (a thread per element), each piece's
 /// offset in its gradient, in the bucket and in the unpacked buffer, the
 /// piece count and the bucket's length; and the table the pieces'
-/// gradient addresses are copied into each step.
+/// gradient addresses are copied into each step, from `srcs_host`.
 struct BucketTables {
     /// None for a bucket of no values: nothing to launch.
     grid: Option<LaunchConfig>,
     srcs: CudaSlice<u64>,
+    srcs_host: PinnedHostSlice<u64>,
     src_off: CudaSlice<u64>,
     bucket_off: CudaSlice<u64>,
     out_off: CudaSlice<u64>,
@@ -101,6 +104,7 @@ fn gradient_starts(vars: &[Var]) -> (Vec<usize>, usize) {
 
 fn bucket_tables(dev: &CudaDevice, plan: &[Vec<Piece>], vars: &[Var]) -> anyhow::Result<Vec<BucketTables>> {
     let (starts, _) = gradient_starts(vars);
+    let context = dev.cuda_stream().context().clone();
     let upload = |f: &dyn Fn(&Piece) -> usize, pieces: &[Piece]| {
         dev.clone_htod(&pieces.iter().map(|p| f(p) as u64).collect::<Vec<u64>>())
     };
@@ -110,6 +114,9 @@ fn bucket_tables(dev: &CudaDevice, plan: &[Vec<Piece>], vars: &[Var]) -> anyhow:
             Ok(BucketTables {
                 grid: one_thread_per_element(len, "exchange: a gradient bucket (use a smaller --bucket-mb)")?,
                 srcs: dev.alloc_zeros::<u64>(pieces.len().max(1))?,
+                // SAFETY: each pack writes every entry before its copy (a
+                // bucket of no pieces has no values, so no pack).
+                srcs_host: unsafe { context.alloc_pinned::<u64>(pieces.len().max(1)) }.w()?,
                 src_off: upload(&|p| p.param_offset, pieces)?,
                 bucket_off: upload(&|p| p.bucket_offset, pieces)?,
                 out_off: upload(&|p| starts[p.param] + p.param_offset, pieces)?,
@@ -233,10 +240,13 @@ impl Run<'_> {
         let Some(grid) = t.grid else {
             return Ok(());
         };
-        let srcs: Vec<u64> = self.plan[b].iter().map(|p| addresses[p.param]).collect();
-        if !srcs.is_empty() {
-            self.dev.memcpy_htod(srcs.as_slice(), &mut t.srcs)?;
+        // Waits for the last copy out of the table: the step it was
+        // queued in read the count since, so it is long done.
+        let host = t.srcs_host.as_mut_slice().w()?;
+        for (slot, p) in host.iter_mut().zip(&self.plan[b]) {
+            *slot = addresses[p.param];
         }
+        self.dev.memcpy_htod(&t.srcs_host, &mut t.srcs)?;
         let pack = self.dev.get_or_load_custom_func(T::PACK, MODULE, PTX)?;
         let mut l = pack.builder();
         l.arg(&t.srcs).arg(&t.src_off).arg(&t.bucket_off).arg(&t.pieces).arg(&mut *bucket).arg(&t.len).arg(&self.scale);
