@@ -9,7 +9,7 @@
 //! wait for it, which orders pack, sum and unpack across the two streams.
 //! No sum is waited for on the host: after backward or overlapped with it,
 //! the sums are queued, and the one read of the count at the end is the
-//! step's only synchronisation. The offset tables are uploaded once (the
+//! exchange's only synchronisation. The offset tables are uploaded once (the
 //! plan does not change); each step copies, per bucket, the addresses of
 //! its pieces' gradients (candle allocates them anew) into a table
 //! allocated once, from a page-locked host table of its own, so the copy is
