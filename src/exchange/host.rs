@@ -5,9 +5,10 @@
 //! and gradients are packed straight into it; otherwise in local memory,
 //! summed by the rank's host data plane (MPI messages, or NCCL on copies).
 
+use std::ops::{Deref, Range};
 use std::rc::Rc;
 
-use candle_core::{DType, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::plan::Piece;
@@ -44,6 +45,92 @@ fn unpack_split<T: WireElem>(src: &[T], dst: &mut [f32], split: bool) -> usize {
         return T::unpack_counting(src, dst);
     }
     par::sum_over_chunks(dst, SPLIT, |i, d| T::unpack_counting(&src[i * SPLIT..i * SPLIT + d.len()], d))
+}
+
+/// f(source, destination) over every `SPLIT`-long chunk of the pairs, over
+/// the compute threads when `split` and worth it: a bucket's pieces in one
+/// parallel loop, the small ones with the large, where a loop a piece handed
+/// work to the pool (and woke it) once for every large gradient and left
+/// the pool idle through every small one. The sum of f's results.
+fn over_chunks<S: Sync, D: Send>(
+    pairs: Vec<(&[S], &mut [D])>,
+    split: bool,
+    f: impl Fn(&[S], &mut [D]) -> usize + Sync + Send,
+) -> usize {
+    let total: usize = pairs.iter().map(|(_, d)| d.len()).sum();
+    let chunks: Vec<(&[S], &mut [D])> =
+        pairs.into_iter().flat_map(|(s, d)| s.chunks(SPLIT).zip(d.chunks_mut(SPLIT))).collect();
+    if split && total >= 2 * SPLIT {
+        par::map_owned(chunks, |(s, d)| f(s, d)).into_iter().sum()
+    } else {
+        chunks.into_iter().map(|(s, d)| f(s, d)).sum()
+    }
+}
+
+/// `bucket` cut into each piece's part: (piece index, part), in bucket order.
+fn bucket_parts<'b, T>(bucket: &'b mut [T], pieces: &[Piece]) -> Vec<(usize, &'b mut [T])> {
+    let mut order: Vec<usize> = (0..pieces.len()).collect();
+    order.sort_by_key(|&i| pieces[i].bucket_offset);
+    let (mut rest, mut at) = (bucket, 0);
+    let mut parts = Vec::with_capacity(pieces.len());
+    for i in order {
+        let p = &pieces[i];
+        let gap = p.bucket_offset.checked_sub(at).expect("pieces of a bucket overlap");
+        let (part, tail) = std::mem::take(&mut rest)[gap..].split_at_mut(p.len);
+        parts.push((i, part));
+        (rest, at) = (tail, p.bucket_offset + p.len);
+    }
+    parts
+}
+
+/// Each parameter's values in `out` cut into the parts `pieces` fill:
+/// (piece index, part).
+fn parameter_parts<'o>(out: &'o mut [Vec<f32>], pieces: &[Piece]) -> Vec<(usize, &'o mut [f32])> {
+    let mut order: Vec<usize> = (0..pieces.len()).collect();
+    order.sort_by_key(|&i| (pieces[i].param, pieces[i].param_offset));
+    let mut order = order.into_iter().peekable();
+    let mut parts = Vec::with_capacity(pieces.len());
+    for (param, values) in out.iter_mut().enumerate() {
+        let (mut rest, mut at) = (values.as_mut_slice(), 0);
+        while let Some(i) = order.next_if(|&i| pieces[i].param == param) {
+            let p = &pieces[i];
+            let gap = p.param_offset.checked_sub(at).expect("pieces of a parameter overlap");
+            let (part, tail) = std::mem::take(&mut rest)[gap..].split_at_mut(p.len);
+            parts.push((i, part));
+            (rest, at) = (tail, p.param_offset + p.len);
+        }
+    }
+    assert!(order.next().is_none(), "a piece names a parameter beyond the gradients");
+    parts
+}
+
+/// A gradient's f32 values, held while a bucket is packed: the tensor's own
+/// storage (read-locked: `G` is candle's guard) where it is contiguous f32
+/// on the CPU (the usual case), else a copy.
+enum Values<G> {
+    Held(G, Range<usize>),
+    Copied(Vec<f32>),
+}
+
+fn values_of(t: &Tensor) -> candle_core::Result<Values<impl Deref<Target = Storage> + '_>> {
+    let (storage, layout) = t.storage_and_layout();
+    if let (Storage::Cpu(CpuStorage::F32(_)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+        return Ok(Values::Held(storage, a..b));
+    }
+    drop(storage);
+    Ok(Values::Copied(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?))
+}
+
+impl<G: Deref<Target = Storage>> Values<G> {
+    fn slice(&self) -> &[f32] {
+        match self {
+            Values::Held(storage, range) => match &**storage {
+                Storage::Cpu(CpuStorage::F32(v)) => &v[range.clone()],
+                _ => unreachable!("storage is held only where it is f32 on the CPU"),
+            },
+            Values::Copied(v) => v,
+        }
+    }
 }
 
 /// Local wire memory, in the bucket's type.
@@ -187,31 +274,61 @@ impl WireBucket {
     }
 
     /// Packs the plan's `pieces` of this bucket from each parameter's
-    /// gradient (`grad(param)`; zeros for a parameter without one), times `scale`.
+    /// gradient (`grad(param)`; zeros for a parameter without one), times
+    /// `scale`, all pieces in one loop.
     pub fn pack_pieces<'g>(
         &mut self,
         pieces: &[Piece],
         grad: impl Fn(usize) -> Option<&'g Tensor>,
         scale: f32,
     ) -> candle_core::Result<()> {
-        for p in pieces {
-            match grad(p.param) {
-                Some(g) => with_f32_values(g, |v| {
-                    self.pack(p.bucket_offset, &v[p.param_offset..p.param_offset + p.len], scale)
-                })?,
-                None => self.pack(p.bucket_offset, &vec![0.0; p.len], 1.0),
+        // Each gradient held once, however many pieces it has here.
+        let mut params: Vec<usize> = pieces.iter().map(|p| p.param).collect();
+        params.sort_unstable();
+        params.dedup();
+        let values =
+            params.iter().map(|&i| grad(i).map(values_of).transpose()).collect::<candle_core::Result<Vec<_>>>()?;
+        let values_of_param = |param| &values[params.binary_search(&param).expect("a piece's parameter is held")];
+        let longest_missing = pieces.iter().filter(|p| values_of_param(p.param).is_none()).map(|p| p.len).max();
+        let zeros = vec![0f32; longest_missing.unwrap_or(0)];
+        let source = |i: usize| {
+            let p = &pieces[i];
+            match values_of_param(p.param) {
+                Some(v) => &v.slice()[p.param_offset..p.param_offset + p.len],
+                None => &zeros[..p.len],
             }
+        };
+        let split = self.split;
+        match &mut self.place {
+            Place::Local(LocalBuf::F16(b)) => pack_parts(bucket_parts(b, pieces), source, scale, split),
+            Place::Local(LocalBuf::Bf16(b)) => pack_parts(bucket_parts(b, pieces), source, scale, split),
+            Place::Local(LocalBuf::F32(b)) => pack_parts(bucket_parts(b, pieces), source, scale, split),
+            Place::Shared { window, offset, .. } => with_wire_type!(self.dtype, T, {
+                // SAFETY: this bucket's range of our slot is ours; no reduction runs during pack.
+                let bucket = unsafe { window.mine::<T>(*offset, self.len) };
+                pack_parts(bucket_parts(bucket, pieces), source, scale, split)
+            }),
         }
         Ok(())
     }
 
     /// Unpacks the plan's `pieces` of this bucket into each parameter's f32
-    /// values in `out`; returns how many are not finite.
+    /// values in `out`, all pieces in one loop; returns how many are not finite.
     pub fn unpack_pieces(&self, pieces: &[Piece], out: &mut [Vec<f32>]) -> usize {
-        pieces
-            .iter()
-            .map(|p| self.unpack(p.bucket_offset, &mut out[p.param][p.param_offset..p.param_offset + p.len]))
-            .sum()
+        let parts = parameter_parts(out, pieces);
+        let split = self.split;
+        match &self.place {
+            Place::Local(LocalBuf::F16(b)) => unpack_parts(b, pieces, parts, split),
+            Place::Local(LocalBuf::Bf16(b)) => unpack_parts(b, pieces, parts, split),
+            Place::Local(LocalBuf::F32(b)) => unpack_parts(b, pieces, parts, split),
+            // The sum lies in every rank's segment of the window: read piece by piece.
+            Place::Shared { window, result, .. } => with_wire_type!(self.dtype, T, {
+                parts
+                    .into_iter()
+                    .map(|(i, dst)| window.read_result::<T>(*result, self.len, pieces[i].bucket_offset, dst))
+                    .sum()
+            }),
+        }
     }
 
     /// Collective: sums the bucket over all ranks (every rank calls it for the
@@ -243,18 +360,25 @@ impl WireBucket {
     }
 }
 
-/// Runs `f` on the contiguous f32 values of `t` without a copy where `t` is a
-/// contiguous f32 CPU tensor (the usual case), with one copy otherwise.
-pub(super) fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) = (&*storage, layout.contiguous_offsets())
-        {
-            return Ok(f(&v[a..b]));
-        }
-    }
-    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    Ok(f(&v))
+/// Each piece's part of the bucket from its source values, times `scale`.
+fn pack_parts<'s, T: WireElem>(
+    parts: Vec<(usize, &mut [T])>,
+    source: impl Fn(usize) -> &'s [f32],
+    scale: f32,
+    split: bool,
+) {
+    let pairs = parts.into_iter().map(|(i, dst)| (source(i), dst)).collect();
+    over_chunks(pairs, split, |s, d| {
+        T::pack_scaled(s, scale, d);
+        0
+    });
+}
+
+/// Each piece's part of the parameters from its part of `bucket`; how many
+/// values are not finite.
+fn unpack_parts<T: WireElem>(bucket: &[T], pieces: &[Piece], parts: Vec<(usize, &mut [f32])>, split: bool) -> usize {
+    let pairs = parts.into_iter().map(|(i, dst)| (&bucket[pieces[i].bucket_offset..][..pieces[i].len], dst)).collect();
+    over_chunks(pairs, split, |s, d| T::unpack_counting(s, d))
 }
 
 #[cfg(test)]
@@ -300,5 +424,74 @@ mod tests {
         }
         assert_eq!(got[0].1, 2);
         assert_eq!(got[0], got[1]);
+    }
+
+    /// A bucket's pieces packed and unpacked in one loop give what packing
+    /// and unpacking them one by one gives, split over two threads or not:
+    /// pieces out of order, gaps in the bucket and in a parameter, a
+    /// parameter without a gradient (zeros), a non-contiguous gradient (a
+    /// copy), a NaN and an overflow counted.
+    #[test]
+    fn pieces_in_one_loop_match_piece_by_piece() {
+        let dev = candle_core::Device::Cpu;
+        let lens = [3 * SPLIT + 11, 5, 2 * SPLIT];
+        let mut first: Vec<f32> = (0..lens[0]).map(|i| ((i * 7919) % 10007) as f32 * 0.37 - 1800.0).collect();
+        first[SPLIT + 3] = f32::NAN;
+        first[lens[0] - 1] = 1e9;
+        let third: Vec<f32> = (0..lens[2]).map(|i| (i % 977) as f32 * -0.11).collect();
+        let grads = [
+            Some(Tensor::from_vec(first, lens[0], &dev).unwrap()),
+            None,
+            // Transposed: not contiguous, so packed from a copy.
+            Some(Tensor::from_vec(third, (SPLIT, 2), &dev).unwrap().t().unwrap()),
+        ];
+        let piece = |param, param_offset, bucket_offset, len| Piece { param, param_offset, bucket_offset, len };
+        let pieces = [
+            piece(2, 0, 0, lens[2]),
+            piece(0, 7, lens[2] + 9, lens[0] - 7),
+            piece(1, 0, lens[2], 5),
+            piece(0, 0, lens[2] + 5, 4),
+        ];
+        let len = lens[2] + 9 + lens[0] - 7;
+        let flat = |g: &Option<Tensor>, n| match g {
+            Some(t) => t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            None => vec![0f32; n],
+        };
+        // Piece by piece, on the calling thread.
+        let mut one_by_one = WireBucket::local(GradDtype::F16, len, Transport::Messages);
+        for p in &pieces {
+            let values = flat(&grads[p.param], lens[p.param]);
+            one_by_one.pack(p.bucket_offset, &values[p.param_offset..p.param_offset + p.len], 0.5);
+        }
+        let mut want_wire = vec![0f32; len];
+        one_by_one.unpack(0, &mut want_wire);
+        let mut want_out: Vec<Vec<f32>> = lens.iter().map(|&n| vec![-1.0; n]).collect();
+        let want_bad: usize = pieces
+            .iter()
+            .map(|p| one_by_one.unpack(p.bucket_offset, &mut want_out[p.param][p.param_offset..][..p.len]))
+            .sum();
+        assert_eq!(want_bad, 2);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for split in [false, true] {
+            // Made on the pool's thread: a bucket may not change threads.
+            let (wire, out, bad) = pool.install(|| {
+                let mut bucket = WireBucket::local(GradDtype::F16, len, Transport::Messages);
+                if split {
+                    bucket.split_over_threads();
+                }
+                bucket.pack_pieces(&pieces, |i| grads[i].as_ref(), 0.5).unwrap();
+                let mut wire = vec![0f32; len];
+                bucket.unpack(0, &mut wire);
+                let mut out: Vec<Vec<f32>> = lens.iter().map(|&n| vec![-1.0; n]).collect();
+                let bad = bucket.unpack_pieces(&pieces, &mut out);
+                (wire, out, bad)
+            });
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&wire), bits(&want_wire), "the bucket, split {split}");
+            for (got, want) in out.iter().zip(&want_out) {
+                assert_eq!(bits(got), bits(want), "the unpacked parameters, split {split}");
+            }
+            assert_eq!(bad, want_bad, "non-finite count, split {split}");
+        }
     }
 }

@@ -396,7 +396,8 @@ fn host_exchange(
         bucket.all_reduce(comm)?;
     }
     let t2 = Instant::now();
-    let mut out: Vec<Vec<f32>> = vars.iter().map(|v| crate::ops::par::zeros(v.elem_count())).collect();
+    let lens: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
+    let mut out = crate::ops::par::zeros_each(&lens);
     for (pieces, bucket) in plan.iter().zip(buckets.iter()) {
         report.nonfinite += bucket.unpack_pieces(pieces, &mut out);
     }

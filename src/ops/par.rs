@@ -138,15 +138,26 @@ fn zeroed<T: Copy + Default>(part: &mut [MaybeUninit<T>]) -> &mut [T] {
     unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
-/// `len` zeros, written by the compute threads (a vector that is filled
-/// again and again from the kept heap costs a pass over memory to clear);
-/// fewer than two chunks' worth on the calling thread.
-pub fn zeros(len: usize) -> Vec<f32> {
+/// Vectors of `lens[i]` zeros, written by the compute threads in one
+/// parallel loop, the short ones with the long (vectors filled again and
+/// again from the kept heap cost a pass over memory to clear); fewer than
+/// two chunks' worth in all on the calling thread.
+pub fn zeros_each(lens: &[usize]) -> Vec<Vec<f32>> {
     const CHUNK: usize = 1 << 16;
-    if len < 2 * CHUNK {
-        return vec![0.0; len];
+    if one_thread() || lens.iter().sum::<usize>() < 2 * CHUNK {
+        return lens.iter().map(|&len| vec![0.0; len]).collect();
     }
-    filled(len, CHUNK, |_, _| {})
+    let mut out: Vec<Vec<f32>> = lens.iter().map(|&len| Vec::with_capacity(len)).collect();
+    let chunks: Vec<&mut [MaybeUninit<f32>]> =
+        out.iter_mut().zip(lens).flat_map(|(v, &len)| v.spare_capacity_mut()[..len].chunks_mut(CHUNK)).collect();
+    chunks.into_par_iter().for_each(|chunk| {
+        zeroed(chunk);
+    });
+    for (v, &len) in out.iter_mut().zip(lens) {
+        // SAFETY: the chunks cover each vector's first `len` elements and `zeroed` wrote each.
+        unsafe { v.set_len(len) };
+    }
+    out
 }
 
 #[cfg(test)]
