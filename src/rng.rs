@@ -93,26 +93,6 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
-    /// Standard normals into `out`, in f32, two from each draw of 64 bits
-    /// (two 24-bit uniforms, Box-Muller's cosine and sine of one radius):
-    /// synthetic images, drawn fresh for every step on the loader thread,
-    /// which shares the cores with the compute threads.
-    pub fn fill_normal(&mut self, out: &mut [f32]) {
-        const UNIT: f32 = 1.0 / (1u32 << 24) as f32;
-        for pair in out.chunks_mut(2) {
-            let bits = self.next_u64();
-            // 1 - u keeps the logarithm's argument in (0, 1].
-            let u1 = 1.0 - (bits >> 40) as f32 * UNIT;
-            let u2 = ((bits >> 16) & 0xff_ffff) as f32 * UNIT;
-            let radius = (-2.0 * u1.ln()).sqrt();
-            let (sin, cos) = (std::f32::consts::TAU * u2).sin_cos();
-            pair[0] = radius * cos;
-            if let Some(second) = pair.get_mut(1) {
-                *second = radius * sin;
-            }
-        }
-    }
-
     /// Uniform integer in [0, n).
     pub fn below(&mut self, n: u64) -> u64 {
         // Multiply-shift: bias is below 2^-64 * n, negligible for our sizes.
@@ -152,25 +132,6 @@ mod tests {
         let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64;
         assert!(mean.abs() < 0.01, "mean {mean}");
         assert!((var - 1.0).abs() < 0.02, "variance {var}");
-    }
-
-    #[test]
-    fn fill_normal_has_unit_moments_and_normal_tails() {
-        let mut xs = vec![0f32; 200_001];
-        Rng::new(42).fill_normal(&mut xs);
-        let n = xs.len() as f64;
-        let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
-        let moment = |k: i32| xs.iter().map(|&x| (x as f64 - mean).powi(k)).sum::<f64>() / n;
-        let (var, kurtosis) = (moment(2), moment(4) / moment(2).powi(2));
-        assert!(mean.abs() < 0.01, "mean {mean}");
-        assert!((var - 1.0).abs() < 0.02, "variance {var}");
-        assert!((kurtosis - 3.0).abs() < 0.1, "kurtosis {kurtosis}");
-        // The sine and cosine of one draw are uncorrelated.
-        let pairs = xs.chunks_exact(2).map(|p| p[0] as f64 * p[1] as f64).sum::<f64>() / (n / 2.0);
-        assert!(pairs.abs() < 0.01, "pair correlation {pairs}");
-        // About 4.6% of a normal lies beyond 2 standard deviations.
-        let beyond = xs.iter().filter(|x| x.abs() > 2.0).count() as f64 / n;
-        assert!((beyond - 0.0455).abs() < 0.003, "beyond 2 sd: {beyond}");
     }
 
     #[test]

@@ -86,7 +86,9 @@ impl Dataset for Synthetic {
     }
     fn sample(&self, i: usize, _size: usize, out: &mut [f32]) -> anyhow::Result<u32> {
         let mut rng = Rng::keyed(self.seed, 0xda7a_0000_0000 ^ i as u64);
-        rng.fill_normal(out);
+        for v in out.iter_mut() {
+            *v = rng.normal() as f32;
+        }
         Ok(rng.below(self.classes as u64) as u32)
     }
 }
