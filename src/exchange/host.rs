@@ -67,19 +67,30 @@ fn over_chunks<S: Sync, D: Send>(
     }
 }
 
+/// `values` cut into the parts `spans` name, (index, offset, length) in
+/// increasing offset, each pushed to `parts` as (index, part).
+fn cut<'v, T>(
+    values: &'v mut [T],
+    spans: impl IntoIterator<Item = (usize, usize, usize)>,
+    parts: &mut Vec<(usize, &'v mut [T])>,
+    what: &str,
+) {
+    let (mut rest, mut at) = (values, 0);
+    for (i, offset, len) in spans {
+        let gap = offset.checked_sub(at).unwrap_or_else(|| panic!("{what} overlap"));
+        let (part, tail) = std::mem::take(&mut rest)[gap..].split_at_mut(len);
+        parts.push((i, part));
+        (rest, at) = (tail, offset + len);
+    }
+}
+
 /// `bucket` cut into each piece's part: (piece index, part), in bucket order.
 fn bucket_parts<'b, T>(bucket: &'b mut [T], pieces: &[Piece]) -> Vec<(usize, &'b mut [T])> {
     let mut order: Vec<usize> = (0..pieces.len()).collect();
     order.sort_by_key(|&i| pieces[i].bucket_offset);
-    let (mut rest, mut at) = (bucket, 0);
     let mut parts = Vec::with_capacity(pieces.len());
-    for i in order {
-        let p = &pieces[i];
-        let gap = p.bucket_offset.checked_sub(at).expect("pieces of a bucket overlap");
-        let (part, tail) = std::mem::take(&mut rest)[gap..].split_at_mut(p.len);
-        parts.push((i, part));
-        (rest, at) = (tail, p.bucket_offset + p.len);
-    }
+    let spans = order.into_iter().map(|i| (i, pieces[i].bucket_offset, pieces[i].len));
+    cut(bucket, spans, &mut parts, "pieces of a bucket");
     parts
 }
 
@@ -91,14 +102,9 @@ fn parameter_parts<'o>(out: &'o mut [Vec<f32>], pieces: &[Piece]) -> Vec<(usize,
     let mut order = order.into_iter().peekable();
     let mut parts = Vec::with_capacity(pieces.len());
     for (param, values) in out.iter_mut().enumerate() {
-        let (mut rest, mut at) = (values.as_mut_slice(), 0);
-        while let Some(i) = order.next_if(|&i| pieces[i].param == param) {
-            let p = &pieces[i];
-            let gap = p.param_offset.checked_sub(at).expect("pieces of a parameter overlap");
-            let (part, tail) = std::mem::take(&mut rest)[gap..].split_at_mut(p.len);
-            parts.push((i, part));
-            (rest, at) = (tail, p.param_offset + p.len);
-        }
+        let spans = std::iter::from_fn(|| order.next_if(|&i| pieces[i].param == param));
+        let spans = spans.map(|i| (i, pieces[i].param_offset, pieces[i].len));
+        cut(values, spans, &mut parts, "pieces of a parameter");
     }
     assert!(order.next().is_none(), "a piece names a parameter beyond the gradients");
     parts

@@ -136,6 +136,7 @@ pub(crate) fn im2col(x: &[f32], d: &Dims, images: Range<usize>, cols: &mut Vec<f
     cols.resize(d.ckk() * width, 0.0);
     let cols_in = inside(k, d.w, d.ow, stride, padding);
     let rows_in = inside(k, d.h, d.oh, stride, padding);
+    let pointwise = d.pointwise();
     // One row per (c, ki, kj): rows are independent.
     super::par::for_each_chunk(cols, width, |row, dst| {
         let (ci, ki, kj) = (row / (k * k), (row / k) % k, row % k);
@@ -143,7 +144,7 @@ pub(crate) fn im2col(x: &[f32], d: &Dims, images: Range<usize>, cols: &mut Vec<f
         for (j, b) in images.clone().enumerate() {
             let plane = &x[(b * d.c + ci) * hw..][..hw];
             let image = &mut dst[j * ohw..][..ohw];
-            if d.pointwise() {
+            if pointwise {
                 image.copy_from_slice(plane);
                 continue;
             }
@@ -178,13 +179,14 @@ pub(crate) fn col2im(cols: &[f32], d: &Dims, images: Range<usize>, dx: &mut [f32
     // few pixels costs less than the divisions that find them).
     let cols_in = inside(k, d.w, d.ow, stride, padding);
     let rows_in = inside(k, d.h, d.oh, stride, padding);
+    let pointwise = d.pointwise();
     // Several small planes a task, each task's planes in (image, channel) order.
     let per_task = (PLANE_CELLS_PER_TASK / hw.max(1)).max(1);
     super::par::for_each_chunk(dx, per_task * hw, |task, planes| {
         let first = task * per_task;
         for (p, plane) in planes.chunks_mut(hw).enumerate() {
             let (j, ci) = ((first + p) / c, (first + p) % c);
-            if d.pointwise() {
+            if pointwise {
                 let src = &cols[ci * width + j * hw..][..hw];
                 plane.iter_mut().zip(src).for_each(|(r, &v)| *r += v);
                 continue;
