@@ -31,7 +31,7 @@ use super::columns::{col2im, im2col, Dims, Wanted};
 pub use super::columns::{col2im_all, im2col_all, Geometry};
 use super::conv_cuda;
 use super::cpu_slice::f32_slice;
-use super::gemm_cpu::{matmul, Threads, View};
+use super::gemm_cpu::{column_parts_keep_bits, matmul, Threads, View};
 use super::handoff::HandOff;
 use super::param_grads::hand_over;
 
@@ -42,6 +42,28 @@ fn gemm_threads(slices: usize) -> Threads {
         Threads::One
     } else {
         Threads::All
+    }
+}
+
+/// Images a part where a group of several images has its products
+/// computed in parts side by side, one a compute thread: in a layer of one
+/// slice, whose GEMMs the gemm crate would otherwise split itself (handing
+/// its work to the pool once for every block of the inner dimension),
+/// wherever parts of a product of `rows` rows keep the group's bits. The
+/// whole group otherwise: the weight gradient, a sum over the group's
+/// pixels, is never cut.
+fn images_per_part(images: usize, ohw: usize, rows: usize, threads: Threads) -> usize {
+    let parts = rayon::current_num_threads().min(images);
+    if threads == Threads::One || parts < 2 {
+        return images;
+    }
+    let per_part = images.div_ceil(parts);
+    let last = images - (images.div_ceil(per_part) - 1) * per_part;
+    let keeps_bits = [per_part, last].iter().all(|&p| column_parts_keep_bits(rows, images * ohw, p * ohw));
+    if keeps_bits {
+        per_part
+    } else {
+        images
     }
 }
 
@@ -96,16 +118,28 @@ fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims, relu: bool
             let width = images.len() * ohw;
             let cols = columns(x, d, &images, &mut buf);
             let y_group = &mut y_slice[(images.start - first) * oc * ohw..(images.end - first) * oc * ohw];
+            let colsv = View::rows(cols, d.ckk(), width);
             if images.len() == 1 {
-                matmul(y_group, ohw, false, wv, View::rows(cols, d.ckk(), width), threads);
+                matmul(y_group, ohw, false, wv, colsv, threads);
             } else {
-                // (OC, images, OH*OW) -> (images, OC, OH*OW)
-                product.resize(oc * width, 0.0);
-                matmul(&mut product, width, false, wv, View::rows(cols, d.ckk(), width), threads);
-                for (j, image) in y_group.chunks_mut(oc * ohw).enumerate() {
-                    for (o, plane) in image.chunks_mut(ohw).enumerate() {
-                        plane.copy_from_slice(&product[o * width + j * ohw..][..ohw]);
+                // The images from `start` on: (OC, images, OH*OW) -> (images, OC, OH*OW).
+                let part = |start: usize, y_part: &mut [f32], threads: Threads, product: &mut Vec<f32>| {
+                    let part_width = y_part.len() / oc;
+                    product.resize(oc * part_width, 0.0);
+                    matmul(product, part_width, false, wv, colsv.columns(start * ohw, part_width), threads);
+                    for (j, image) in y_part.chunks_mut(oc * ohw).enumerate() {
+                        for (o, plane) in image.chunks_mut(ohw).enumerate() {
+                            plane.copy_from_slice(&product[o * part_width + j * ohw..][..ohw]);
+                        }
                     }
+                };
+                let per_part = images_per_part(images.len(), ohw, oc, threads);
+                if per_part == images.len() {
+                    part(0, y_group, threads, &mut product);
+                } else {
+                    super::par::for_each_chunk(y_group, per_part * oc * ohw, |p, y_part| {
+                        part(p * per_part, y_part, Threads::One, &mut Vec::new())
+                    });
                 }
             }
             if keep {
@@ -169,40 +203,50 @@ fn backward(
         let (mut cols, mut dy_cols, mut dcols) = (Vec::new(), Vec::new(), Vec::new());
         for (i, images) in groups.into_iter().enumerate() {
             let width = images.len() * ohw;
-            let dy_group = &dy[images.start * oc * ohw..images.end * oc * ohw];
-            // dy of the group as (OC, images*OH*OW).
-            let dy_group: &[f32] = if images.len() == 1 {
-                dy_group
-            } else {
-                dy_cols.resize(oc * width, 0.0);
-                for (j, image) in dy_group.chunks(oc * ohw).enumerate() {
-                    for (o, plane) in image.chunks(ohw).enumerate() {
-                        dy_cols[o * width + j * ohw..][..ohw].copy_from_slice(plane);
-                    }
-                }
-                &dy_cols
-            };
-            let dyv = View::rows(dy_group, oc, width);
+            let dyv = View::rows(output_columns(dy, d, &images, &mut dy_cols), oc, width);
             let cols = match kept.as_ref().and_then(|k| k[first_group + i].as_deref()) {
                 Some(kept) => kept,
                 None => columns(x, d, &images, &mut cols),
             };
             let colsv = View::rows(cols, ckk, width);
-            if transposed {
-                matmul(&mut dw, oc, i > 0, colsv, dyv.t(), threads); // dW^T += cols @ dy^T
-            } else {
-                matmul(&mut dw, ckk, i > 0, dyv, colsv.t(), threads); // dW += dy @ cols^T
-            }
+            let dw = &mut dw;
+            let mut weight_grad = || {
+                if transposed {
+                    matmul(dw, oc, i > 0, colsv, dyv.t(), threads); // dW^T += cols @ dy^T
+                } else {
+                    matmul(dw, ckk, i > 0, dyv, colsv.t(), threads); // dW += dy @ cols^T
+                }
+            };
             if !wanted.dx {
+                weight_grad();
                 continue;
             }
             let dx_group = &mut dx_slice[(images.start - first) * chw..(images.end - first) * chw];
             if is_the_image(d, &images) {
+                weight_grad();
                 matmul(dx_group, d.hw(), false, wt, dyv, threads);
+                continue;
+            }
+            // The input gradient of the group's images from `start` on.
+            let part = |start: usize, dx_part: &mut [f32], threads: Threads, dcols: &mut Vec<f32>| {
+                let count = dx_part.len() / chw;
+                dcols.resize(ckk * count * ohw, 0.0);
+                matmul(dcols, count * ohw, false, wt, dyv.columns(start * ohw, count * ohw), threads);
+                let first_image = images.start + start;
+                col2im(dcols, d, first_image..first_image + count, dx_part);
+            };
+            let per_part = images_per_part(images.len(), ohw, ckk, threads);
+            if per_part == images.len() {
+                weight_grad();
+                part(0, dx_group, threads, &mut dcols);
             } else {
-                dcols.resize(ckk * width, 0.0);
-                matmul(&mut dcols, width, false, wt, dyv, threads);
-                col2im(&dcols, d, images, dx_group);
+                // The weight gradient's GEMM, one sum over all the group's
+                // pixels, stays whole, beside the input gradient's parts.
+                super::par::join(weight_grad, || {
+                    super::par::for_each_chunk(dx_group, per_part * chw, |p, dx_part| {
+                        part(p * per_part, dx_part, Threads::One, &mut Vec::new())
+                    })
+                });
             }
         }
         dw
@@ -212,6 +256,24 @@ fn backward(
         dw = transpose(&dw, ckk, oc);
     }
     (dx, dw, wanted.db.then(|| bias_grad(dy, d)))
+}
+
+/// The output gradient of a group's images as (OC, images*OH*OW): the
+/// image's own (OC, OH*OW) for one, gathered into `buf` for several.
+fn output_columns<'a>(dy: &'a [f32], d: &Dims, images: &Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    let (oc, ohw) = (d.oc, d.ohw());
+    let dy_group = &dy[images.start * oc * ohw..images.end * oc * ohw];
+    if images.len() == 1 {
+        return dy_group;
+    }
+    let width = images.len() * ohw;
+    buf.resize(oc * width, 0.0);
+    for (j, image) in dy_group.chunks(oc * ohw).enumerate() {
+        for (o, plane) in image.chunks(ohw).enumerate() {
+            buf[o * width + j * ohw..][..ohw].copy_from_slice(plane);
+        }
+    }
+    buf
 }
 
 /// The bias gradient: each channel's planes summed in image order, as one
@@ -706,6 +768,37 @@ mod tests {
             let with = backward(&x, &w, &dy, &d, Wanted { dx: true, db: true }, kept);
             let without = backward(&x, &w, &dy, &d, Wanted { dx: true, db: true }, None);
             assert_eq!(with, without, "{d:?}");
+        }
+    }
+
+    /// A layer of one group (small planes), whose products are computed in
+    /// parts side by side on several threads and whole on one: the output
+    /// and every gradient keep their bits, for an even batch and an odd one
+    /// (a shorter last part), 3x3 and 1x1, with depths past one GEMM block.
+    #[test]
+    fn one_group_layers_give_the_same_bits_on_one_two_and_three_threads() {
+        for (n, c, oc, hw, g) in [
+            (16, 64, 96, 2, Geometry { kernel: 3, stride: 1, padding: 1 }),
+            (7, 96, 80, 3, Geometry { kernel: 3, stride: 1, padding: 1 }),
+            (16, 600, 72, 2, Geometry { kernel: 1, stride: 1, padding: 0 }),
+            (16, 832, 48, 2, Geometry { kernel: 1, stride: 1, padding: 0 }),
+        ] {
+            let d = Dims { n, c, h: hw, w: hw, oc, oh: g.out_len(hw), ow: g.out_len(hw), g };
+            assert_eq!(d.groups().count(), 1, "{d:?}: one group");
+            let x = pseudo(n * c * hw * hw, 1);
+            let w = pseudo(oc * d.ckk(), 2);
+            let dy = pseudo(n * oc * d.ohw(), 3);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let (y, kept) = forward(&x, &w, None, &d, false);
+                    (y, backward(&x, &w, &dy, &d, Wanted { dx: true, db: true }, kept))
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                assert!(run(threads) == one, "{d:?}: {threads} threads and one differ");
+            }
         }
     }
 

@@ -25,6 +25,13 @@ impl<'a> View<'a> {
     pub fn t(self) -> Self {
         Self { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
     }
+
+    /// Columns start..start + count, without moving anything.
+    pub fn columns(self, start: usize, count: usize) -> Self {
+        assert!(start + count <= self.cols, "gemm: columns past the view");
+        let data = if count == 0 { &self.data[..0] } else { &self.data[start * self.cs..] };
+        Self { data, cols: count, ..self }
+    }
 }
 
 fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
@@ -38,6 +45,19 @@ pub enum Threads {
     All,
     /// The calling thread alone: for products that already run side by side.
     One,
+}
+
+/// Whether the columns of an (m, n) product may be computed in parts of
+/// `part_n` or more columns with the whole's bits. Each element's dot
+/// product is summed in blocks of the inner dimension, and the gemm crate
+/// picks that blocking from the shape: a fixed one where m and n are both
+/// at most 64, one from k and the cache sizes otherwise; and a single
+/// column takes its matrix-vector path. Parts on the same side of both
+/// lines sum in the same order.
+pub fn column_parts_keep_bits(m: usize, n: usize, part_n: usize) -> bool {
+    const SMALL: usize = 64;
+    let same_blocking = m > SMALL || n <= SMALL || part_n > SMALL;
+    same_blocking && (part_n > 1 || n <= 1)
 }
 
 /// dst (row-major, row stride `dst_rs`) = a @ b, or += a @ b when `accumulate`.
@@ -108,5 +128,36 @@ mod tests {
         // Accumulating adds the same product again.
         matmul(&mut dst, 8, true, a.t(), b, Threads::One);
         assert_eq!(dst, naive(a.t(), b).iter().map(|v| 2.0 * v).collect::<Vec<_>>());
+    }
+
+    /// Where `column_parts_keep_bits` allows it, a product computed in
+    /// column parts has the whole product's bits (depths past one block, so
+    /// that the blocking counts; values whose sums round).
+    #[test]
+    fn column_parts_have_the_whole_products_bits() {
+        let value = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) * 1.37e-3;
+        for (m, n, k, part_n) in [(384, 64, 832, 32), (48, 64, 1200, 32), (128, 144, 1500, 72), (100, 96, 700, 20)] {
+            assert!(column_parts_keep_bits(m, n, part_n), "{m}x{n} in parts of {part_n}");
+            let a: Vec<f32> = (0..m * k).map(value).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| value(i + 3)).collect();
+            let (av, bv) = (View::rows(&a, m, k), View::rows(&b, k, n));
+            let mut whole = vec![0f32; m * n];
+            matmul(&mut whole, n, false, av, bv, Threads::One);
+            let mut parts = vec![0f32; m * n];
+            for start in (0..n).step_by(part_n) {
+                let cols = part_n.min(n - start);
+                let part = bv.columns(start, cols);
+                let mut out = vec![0f32; m * cols];
+                matmul(&mut out, cols, false, av, part, Threads::One);
+                for (row, chunk) in out.chunks(cols).enumerate() {
+                    parts[row * n + start..][..cols].copy_from_slice(chunk);
+                }
+            }
+            let differ = whole.iter().zip(&parts).filter(|(w, p)| w.to_bits() != p.to_bits()).count();
+            assert_eq!(differ, 0, "{m}x{n}x{k} in parts of {part_n}: {differ} elements differ");
+        }
+        // Across the line: a small part of a wide product, a single column.
+        assert!(!column_parts_keep_bits(48, 96, 32));
+        assert!(!column_parts_keep_bits(384, 64, 1));
     }
 }

@@ -55,6 +55,15 @@ pub fn for_each_chunk_pair<A: Send, B: Send>(
     }
 }
 
+/// (a(), b()), side by side where the process has more than one thread.
+pub fn join<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    if one_thread() {
+        (a(), b())
+    } else {
+        rayon::join(a, b)
+    }
+}
+
 /// [f(0), f(1), ..., f(n - 1)].
 pub fn map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
     if one_thread() {
