@@ -222,31 +222,35 @@ fn backward(
                 continue;
             }
             let dx_group = &mut dx_slice[(images.start - first) * chw..(images.end - first) * chw];
-            if is_the_image(d, &images) {
-                weight_grad();
-                matmul(dx_group, d.hw(), false, wt, dyv, threads);
-                continue;
-            }
             // The input gradient of the group's images from `start` on.
             let part = |start: usize, dx_part: &mut [f32], threads: Threads, dcols: &mut Vec<f32>| {
                 let count = dx_part.len() / chw;
+                if is_the_image(d, &images) {
+                    return matmul(dx_part, d.hw(), false, wt, dyv, threads);
+                }
                 dcols.resize(ckk * count * ohw, 0.0);
                 matmul(dcols, count * ohw, false, wt, dyv.columns(start * ohw, count * ohw), threads);
                 let first_image = images.start + start;
                 col2im(dcols, d, first_image..first_image + count, dx_part);
             };
             let per_part = images_per_part(images.len(), ohw, ckk, threads);
-            if per_part == images.len() {
-                weight_grad();
-                part(0, dx_group, threads, &mut dcols);
-            } else {
-                // The weight gradient's GEMM, one sum over all the group's
-                // pixels, stays whole, beside the input gradient's parts.
-                super::par::join(weight_grad, || {
+            let mut input_grad = || {
+                if per_part == images.len() {
+                    part(0, dx_group, threads, &mut dcols);
+                } else {
                     super::par::for_each_chunk(dx_group, per_part * chw, |p, dx_part| {
                         part(p * per_part, dx_part, Threads::One, &mut Vec::new())
-                    })
-                });
+                    });
+                }
+            };
+            if threads == Threads::All && per_part == images.len() {
+                // The gemm crate splits each of the two GEMMs itself.
+                weight_grad();
+                input_grad();
+            } else {
+                // The weight gradient's GEMM, one sum over all the group's
+                // pixels, stays whole, beside the input gradient.
+                super::par::join(weight_grad, input_grad);
             }
         }
         dw
