@@ -67,6 +67,27 @@ fn images_per_part(images: usize, ohw: usize, rows: usize, threads: Threads) -> 
     }
 }
 
+/// part(first image, values, threads, buffer) over a group's values,
+/// `per_image` an image: whole, with the group's threads and the slice's
+/// buffer, where a part is the whole group; else `per_part` images a part,
+/// side by side, each on one thread with a buffer of its own.
+fn in_parts(
+    group: &mut [f32],
+    per_image: usize,
+    per_part: usize,
+    threads: Threads,
+    buf: &mut Vec<f32>,
+    part: impl Fn(usize, &mut [f32], Threads, &mut Vec<f32>) + Sync + Send,
+) {
+    if per_part * per_image >= group.len() {
+        part(0, group, threads, buf);
+    } else {
+        super::par::for_each_chunk(group, per_part * per_image, |p, values| {
+            part(p * per_part, values, Threads::One, &mut Vec::new())
+        });
+    }
+}
+
 /// The length of each slice's part of a tensor, `per_image` values an image.
 fn slice_lens(slices: &[Vec<Range<usize>>], per_image: usize) -> Vec<usize> {
     slices
@@ -134,13 +155,7 @@ fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: &Dims, relu: bool
                     }
                 };
                 let per_part = images_per_part(images.len(), ohw, oc, threads);
-                if per_part == images.len() {
-                    part(0, y_group, threads, &mut product);
-                } else {
-                    super::par::for_each_chunk(y_group, per_part * oc * ohw, |p, y_part| {
-                        part(p * per_part, y_part, Threads::One, &mut Vec::new())
-                    });
-                }
+                in_parts(y_group, oc * ohw, per_part, threads, &mut product, part);
             }
             if keep {
                 // The next group gets a new buffer.
@@ -234,15 +249,7 @@ fn backward(
                 col2im(dcols, d, first_image..first_image + count, dx_part);
             };
             let per_part = images_per_part(images.len(), ohw, ckk, threads);
-            let mut input_grad = || {
-                if per_part == images.len() {
-                    part(0, dx_group, threads, &mut dcols);
-                } else {
-                    super::par::for_each_chunk(dx_group, per_part * chw, |p, dx_part| {
-                        part(p * per_part, dx_part, Threads::One, &mut Vec::new())
-                    });
-                }
-            };
+            let mut input_grad = || in_parts(dx_group, chw, per_part, threads, &mut dcols, part);
             if threads == Threads::All && per_part == images.len() {
                 // The gemm crate splits each of the two GEMMs itself.
                 weight_grad();
